@@ -1,0 +1,71 @@
+"""Default recipe on every 2D MedMNIST file in ../shared/datasets: test ACC/AUC beside the MedMNIST v2 paper.
+
+    python benchmarks/medmnist.py [--max-minutes 10] [--only breastmnist]
+
+The recipe is `meddx train`'s default (no per-data-set settings); the paper's ResNet-18 (28) and
+best-of-table figures are printed for the sets where the issue quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, print_json, print_table  # noqa: E402
+
+# MedMNIST v2 paper (Yang et al., Sci Data 2023), Table 3 as quoted in issue #2: (AUC, ACC).
+PAPER = {
+    "pneumoniamnist": {"resnet18_28": (0.944, 0.854), "best": (0.991, 0.946)},
+    "breastmnist": {"resnet18_28": (0.901, 0.863), "best": (0.919, 0.863)},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--max-minutes", type=float, default=10.0)
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--out", default="/tmp/meddx-bench-runs")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from meddx.data.medmnist import guess_name, load_medmnist, medmnist_info
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.evaluate import evaluate_run
+    from meddx.engine.fit import fit
+
+    files = sorted(p for p in SHARED.glob("*/*.npz") if (n := guess_name(p)) and
+                   medmnist_info()[n]["spatial_dims"] == 2 and p.stem == n)
+    if args.only:
+        files = [p for p in files if p.stem in args.only]
+    if not files:
+        sys.exit(f"no 2D MedMNIST .npz files under {SHARED}")
+    rows = []
+    for path in files:
+        data = load_medmnist(path)
+        cfg = TrainConfig(data=str(path), out=args.out, name=f"{data.name}-seed{args.seed}", seed=args.seed,
+                          max_minutes=args.max_minutes, progress=False)
+        t = time.time()
+        run = fit(cfg, data=data)
+        train_s = time.time() - t
+        m = evaluate_run(run.path, data=data, n_bootstrap=1000, report=True)
+        paper = PAPER.get(data.name, {})
+        r18, best = paper.get("resnet18_28", (None, None)), paper.get("best", (None, None))
+        rows.append({
+            "dataset": data.name, "n_train": len(data.train), "model": cfg.model,
+            "epochs": len(run.read_history()), "acc": round(m["acc"], 4), "auc": round(m["auc"], 4),
+            "acc_ci": [round(v, 3) for v in m["acc_ci"]], "auc_ci": [round(v, 3) for v in m["auc_ci"]],
+            "paper_r18_acc": r18[1], "paper_r18_auc": r18[0], "paper_best_acc": best[1], "paper_best_auc": best[0],
+            "beats_r18": (m["acc"] >= r18[1] and m["auc"] >= r18[0]) if r18[0] else None,
+            "seconds": round(train_s, 1),
+        })
+    print_table(rows, ["dataset", "n_train", "model", "epochs", "acc", "auc", "acc_ci", "auc_ci", "paper_r18_acc",
+                       "paper_r18_auc", "paper_best_acc", "paper_best_auc", "beats_r18", "seconds"],
+                "meddx default recipe vs MedMNIST v2 paper (test split)")
+    print_json(rows)
+
+
+if __name__ == "__main__":
+    main()

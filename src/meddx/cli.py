@@ -1,0 +1,199 @@
+"""The ``meddx`` command line: thin typer commands over the library's public functions.
+
+Every user error (``MeddxError``) prints one line, ``error: <file>: <problem>``, and exits with 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from meddx.errors import MeddxError
+
+app = typer.Typer(help="meddx: medical images to diagnoses - train, evaluate, explain and ship models.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn MeddxError (and a few I/O errors) into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MeddxError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted (the last completed epoch is saved; continue with --resume RUN)", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _train_config(**kw: Any):
+    from meddx.engine.config import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in kw.items() if v is not None})
+
+
+@app.command()
+@user_errors
+def train(
+    data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
+    model: Optional[str] = typer.Option(None, help="registered model (see `meddx models`)"),
+    size: Optional[int] = typer.Option(None, help="MedMNIST size (28/64/128/224) or resize target"),
+    data_dir: Optional[str] = typer.Option(None, envvar="MEDDX_DATA", help="folder with MedMNIST files"),
+    epochs: Optional[int] = typer.Option(None, help="default: from the training-set size"),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    optimizer: Optional[str] = typer.Option(None, help="adamw | sgd"),
+    schedule: Optional[str] = typer.Option(None, help="cosine | multistep"),
+    class_weights: bool = typer.Option(False, help="weight the loss by inverse class frequency"),
+    augment: Optional[str] = typer.Option(None, help="auto (by modality) | none | policy name"),
+    pretrained: Optional[str] = typer.Option(None, help="weights file or run to start from (head replaced)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
+    out: str = typer.Option("runs", help="parent folder of run folders"),
+    name: Optional[str] = typer.Option(None, help="run folder name (default: data-model-time)"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop cleanly after this wall time"),
+    tensorboard: bool = typer.Option(False, help="also log to TensorBoard"),
+    resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
+    evaluate: bool = typer.Option(True, help="evaluate on the test split and write the report afterwards"),
+) -> None:
+    """Train a model; writes a run folder with config, history and checkpoints."""
+    from meddx.engine.fit import fit
+
+    cfg = _train_config(data=data, model=model, size=size, data_dir=data_dir, epochs=epochs, batch_size=batch_size,
+                        lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
+                        augment=augment, pretrained=pretrained, seed=seed, device=device, out=out, name=name,
+                        max_minutes=max_minutes, tensorboard=tensorboard or None)
+    console = _console(stderr=True)
+    run = fit(cfg, resume=resume, console=console)
+    console.print(f"run folder: {run.path}")
+    if evaluate:
+        _evaluate_and_print(run.path)
+
+
+def _evaluate_and_print(run_path: Path, split: str = "test", n_bootstrap: int = 1000) -> dict[str, Any]:
+    from meddx.engine.evaluate import evaluate_run
+
+    m = evaluate_run(run_path, split=split, n_bootstrap=n_bootstrap)
+    console = _console()
+    acc_ci, auc_ci = m.get("acc_ci") or [float("nan")] * 2, m.get("auc_ci") or [float("nan")] * 2
+    console.print(f"{split}: ACC {m['acc']:.4f} (95% CI {acc_ci[0]:.3f}-{acc_ci[1]:.3f})  "
+                  f"AUC {m['auc']:.4f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})  n={m.get('n')}")
+    console.print(f"report: {Path(run_path) / 'report.html'}")
+    return m
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder"),
+    split: str = typer.Option("test", help="train | val | test"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% CIs (0: none)"),
+) -> None:
+    """Evaluate a run's best checkpoint: metrics.json and a self-contained report.html."""
+    _evaluate_and_print(run, split, bootstrap)
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Path = typer.Argument(..., help="run folder or .safetensors checkpoint"),
+    images: list[Path] = typer.Argument(..., help="PNG/JPEG/.npy files"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Predict classes and probabilities for image files."""
+    from meddx.engine.predict import Predictor
+
+    results = Predictor(run, device=device).predict_files(list(images))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    from rich.table import Table
+
+    first = results[0]["probabilities"]
+    table = Table("file", "prediction", *first.keys())
+    for r in results:
+        label = r.get("label") or ", ".join(r.get("labels", [])) or "-"
+        table.add_row(Path(r["file"]).name, label, *(f"{v:.3f}" for v in r["probabilities"].values()))
+    _console().print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: str = typer.Option("runs", help="parent folder of the run folder"),
+    epochs: Optional[int] = typer.Option(None, help="default: 8"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train, evaluate and report on the embedded synthetic CT phantom (no download needed)."""
+    from meddx.engine.fit import fit
+
+    console = _console(stderr=True)
+    console.print("meddx demo: nodule / no nodule on synthetic CT slices (lung window, 48 px)")
+    cfg = _train_config(data="phantom", epochs=epochs or 8, out=out, seed=seed, name=f"demo-phantom-seed{seed}")
+    run_dir = Path(cfg.out) / cfg.name
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run = fit(cfg, console=console)
+    _evaluate_and_print(run.path)
+    console.print(f"done. open {run.path / 'report.html'} in a browser")
+
+
+@app.command()
+@user_errors
+def datasets(data_dir: Optional[str] = typer.Option(None, envvar="MEDDX_DATA")) -> None:
+    """List the data sets meddx knows and whether their files are present."""
+    from rich.table import Table
+
+    from meddx.data.medmnist import default_data_dir, file_name, medmnist_info
+
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    table = Table("name", "task", "classes", "channels", "dims", "local sizes")
+    table.add_row("phantom", "binary-class", "2", "1", "2D/3D", "built in (synthetic)")
+    for name, info in medmnist_info().items():
+        have = [s for s in info["files"] if (root / file_name(name, s)).is_file()
+                or (root / name / file_name(name, s)).is_file()]
+        table.add_row(name, info["task"], str(len(info["labels"])), str(info["n_channels"]),
+                      f"{info['spatial_dims']}D", ", ".join(have) or "-")
+    _console().print(table)
+    _console().print(f"data folder: {root} (set --data-dir or MEDDX_DATA)")
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from rich.table import Table
+
+    from meddx.models.registry import DEFAULT_MODEL, REGISTRY
+
+    table = Table("name", "from", "dims", "CAM layer", "description")
+    for s in REGISTRY.values():
+        name = f"{s.name} (default)" if s.name == DEFAULT_MODEL else s.name
+        table.add_row(name, s.source, "/".join(f"{d}D" for d in s.spatial_dims), s.target_layer, s.summary)
+    _console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

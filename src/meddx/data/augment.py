@@ -1,0 +1,114 @@
+"""Preprocessing (scale + normalise) and batched, per-sample augmentation on tensors.
+
+Why not ``torchvision.transforms.v2`` here: v2 transforms draw one set of random parameters per call,
+so per-sample augmentation would mean a Python loop over images (or DataLoader workers that compete
+with the 2 training cores). Instead each batch gets per-sample random affine matrices and one
+``F.affine_grid`` + ``F.grid_sample`` call, which works for 2D and 3D alike. File inputs are still
+resized with v2 (``meddx.data.images.resize_to``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Normalization:
+    """``x = (raw * scale - mean[c]) / std[c]``; stored in every checkpoint beside the weights."""
+
+    scale: float
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, max_samples: int = 20000) -> Normalization:
+        """Per-channel statistics of (a deterministic subset of) the training images."""
+        scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
+        x = images[:max_samples].float() * scale
+        dims = [0] + list(range(2, x.ndim))
+        mean = x.mean(dim=dims)
+        std = x.std(dim=dims).clamp_min(1e-6)
+        return cls(scale=scale, mean=[float(m) for m in mean], std=[float(s) for s in std])
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (raw.ndim - 2)
+        mean = torch.tensor(self.mean, device=raw.device).view(shape)
+        std = torch.tensor(self.std, device=raw.device).view(shape)
+        return (raw.float() * self.scale - mean) / std
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AugmentPolicy:
+    """Ranges of the per-sample random affine transform; ``none`` turns it off."""
+
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.08  # fraction of the image size
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False  # any multiple of 90 degrees (orientation-free images: pathology, cells)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Chosen by modality: anatomy with a left/right (X-ray, CT, fundus) is never mirrored; microscopy and
+# pathology have no orientation at all; ultrasound may be mirrored left/right.
+POLICIES: dict[str, AugmentPolicy] = {
+    "xray": AugmentPolicy(rotate_deg=10, hflip=False),
+    "ct": AugmentPolicy(rotate_deg=10, hflip=False),
+    "mra": AugmentPolicy(rotate_deg=10, hflip=False),
+    "fundus": AugmentPolicy(rotate_deg=15, hflip=False),
+    "oct": AugmentPolicy(rotate_deg=5, hflip=True),
+    "ultrasound": AugmentPolicy(rotate_deg=10, hflip=True),
+    "dermoscopy": AugmentPolicy(rotate_deg=180, hflip=True, vflip=True),
+    "pathology": AugmentPolicy(rotate_deg=0, hflip=True, vflip=True, rot90=True, translate=0.05),
+    "microscopy": AugmentPolicy(rotate_deg=0, hflip=True, vflip=True, rot90=True, translate=0.05),
+    "generic": AugmentPolicy(),
+    "none": AugmentPolicy(rotate_deg=0, scale=(1.0, 1.0), translate=0.0),
+}
+
+
+def policy_for(modality: str) -> AugmentPolicy:
+    return POLICIES.get(modality, POLICIES["generic"])
+
+
+def random_affine(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply an independent random affine transform to every sample of a (N, C, *spatial) float batch.
+
+    Rotation is in the last two axes (the image plane, also for volumes); padding is by border value.
+    """
+    n, nd = x.shape[0], x.ndim - 2
+    if policy == POLICIES["none"] or n == 0:
+        return x
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator).to(dev) * (hi - lo) + lo
+
+    theta = torch.zeros(n, nd, nd + 1, device=dev)
+    ang = u(-policy.rotate_deg, policy.rotate_deg) * math.pi / 180
+    if policy.rot90:
+        ang = ang + torch.randint(0, 4, (n,), generator=generator).to(dev) * (math.pi / 2)
+    s = 1.0 / u(*policy.scale)
+    cos, sin = torch.cos(ang) * s, torch.sin(ang) * s
+    # affine_grid's axis order is (x, y[, z]): x = last axis. Rotate in the (x, y) plane.
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    if nd == 3:
+        theta[:, 2, 2] = s
+    for axis, flip in ((0, policy.hflip), (1, policy.vflip)):
+        if flip:
+            sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(dev)
+            theta[:, :, axis] *= sign[:, None]
+    if policy.translate:
+        theta[:, :, nd] = (torch.rand(n, nd, generator=generator).to(dev) * 2 - 1) * 2 * policy.translate
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,136 @@
+"""In-memory datasets: whole splits as tensors, so training needs no per-sample Python work.
+
+Every loader in ``meddx.data`` returns a :class:`DataBundle`; the engine, the report and the
+predictor only ever see this one shape of data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddx.errors import MeddxError
+
+TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
+
+
+@dataclass
+class Split:
+    """One split: ``images`` (N, C, H, W) or (N, C, D, H, W) raw values; ``labels`` (N,) or (N, K)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str] | None = None  # file names or indices, for reports and error messages
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> Split:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
+        return Split(self.images[idx], self.labels[idx], ids)
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits plus what a model needs to know about them."""
+
+    name: str
+    task: str
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    modality: str = "generic"
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise MeddxError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}", self.source)
+        for split_name in ("train", "val", "test"):
+            validate_split(getattr(self, split_name), self.task, len(self.class_names),
+                           f"{self.source or self.name} [{split_name}]")
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.train.images.ndim - 2
+
+    @property
+    def image_size(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.train.images.shape[2:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "task": self.task, "classes": self.class_names, "modality": self.modality,
+            "source": self.source, "in_channels": self.in_channels, "image_size": list(self.image_size),
+            "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
+        }
+
+
+def validate_split(split: Split, task: str, num_classes: int, where: str) -> None:
+    """Check shapes, label range and finiteness; raise a one-line MeddxError naming ``where``."""
+    x, y = split.images, split.labels
+    if x.ndim not in (4, 5):
+        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
+    if x.shape[0] != y.shape[0]:
+        raise MeddxError(f"{x.shape[0]} images but {y.shape[0]} labels", where)
+    if x.shape[0] == 0:
+        return
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise MeddxError("images contain NaN or infinite values", where)
+    if task == "multi-label, binary-class":
+        if y.ndim != 2 or y.shape[1] != num_classes:
+            raise MeddxError(f"multi-label task needs labels of shape (N, {num_classes}), got {tuple(y.shape)}",
+                             where)
+        bad = ~((y == 0) | (y == 1))
+        if bool(bad.any()):
+            raise MeddxError(f"multi-label labels must be 0/1, found {y[bad][0].item()}", where)
+    else:
+        if y.ndim != 1:
+            raise MeddxError(f"labels must be one class id per image, got shape {tuple(y.shape)}", where)
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise MeddxError(f"label {bad} out of range for {num_classes} classes", where)
+
+
+def labels_from_array(labels: np.ndarray, task: str) -> torch.Tensor:
+    """MedMNIST-style (N, 1) or (N, K) label arrays to the engine's label tensor."""
+    labels = np.asarray(labels)
+    if task == "multi-label, binary-class":
+        return torch.as_tensor(labels.reshape(labels.shape[0], -1), dtype=torch.float32)
+    return torch.as_tensor(labels.reshape(labels.shape[0]), dtype=torch.long)
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic stratified train/val/test indices (scikit-learn's splitter, twice)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    strat = labels if labels.ndim == 1 else None
+    idx = np.arange(len(labels))
+    if len(idx) < 3:
+        raise MeddxError(f"need at least 3 images to split into train/val/test, got {len(idx)}")
+    counts = np.bincount(labels) if strat is not None else np.array([len(idx)])
+    if strat is not None and counts[counts > 0].min() < 3:
+        strat = None  # too few samples in some class to stratify; fall back to a plain shuffle
+    n_val, n_test = max(1, round(len(idx) * fractions[1])), max(1, round(len(idx) * fractions[2]))
+    train_idx, rest = train_test_split(idx, test_size=n_val + n_test, random_state=seed, stratify=strat)
+    strat_rest = labels[rest] if strat is not None else None
+    if strat_rest is not None and np.bincount(strat_rest)[np.bincount(strat_rest) > 0].min() < 2:
+        strat_rest = None
+    val_idx, test_idx = train_test_split(rest, test_size=n_test, random_state=seed, stratify=strat_rest)
+    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)

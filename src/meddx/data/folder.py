@@ -1,0 +1,86 @@
+"""Image folders (one subfolder per class) and CSV manifests (``path,label[,split]``)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddx.data.dataset import DataBundle, Split, stratified_split
+from meddx.data.images import IMAGE_SUFFIXES, read_image, resize_to
+from meddx.errors import MeddxError
+
+
+def load_image_folder(root: str | Path, image_size: int = 28, channels: int | None = None,
+                      seed: int = 0) -> DataBundle:
+    """``root/<class>/*.png`` -> a bundle with a deterministic stratified 70/10/20 split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MeddxError("folder not found", root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise MeddxError(f"an image folder needs one subfolder per class (at least 2), found {len(classes)}", root)
+    items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
+             if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not items:
+        raise MeddxError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders", root)
+    return _bundle(root.name, str(root), items, classes, None, image_size, channels, seed)
+
+
+def load_csv_manifest(path: str | Path, image_size: int = 28, channels: int | None = None,
+                      seed: int = 0) -> DataBundle:
+    """A CSV with columns ``path,label`` and optionally ``split`` (train/val/test); paths relative to the CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise MeddxError("file not found", path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MeddxError(f"not a readable CSV ({exc})", path) from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise MeddxError("manifest needs a header with at least the columns path,label", path)
+    raw_labels = [r["label"].strip() for r in rows]
+    classes = sorted(set(raw_labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    if len(classes) < 2:
+        raise MeddxError(f"manifest has {len(classes)} distinct label(s); need at least 2", path)
+    lookup = {c: i for i, c in enumerate(classes)}
+    items = [((path.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]),
+              lookup[lbl]) for r, lbl in zip(rows, raw_labels)]
+    splits = None
+    if "split" in rows[0] and all(r.get("split") for r in rows):
+        splits = [r["split"].strip().lower() for r in rows]
+        bad = sorted(set(splits) - {"train", "val", "test"})
+        if bad:
+            raise MeddxError(f"unknown split value {bad[0]!r} (use train/val/test)", path)
+    return _bundle(path.stem, str(path), items, classes, splits, image_size, channels, seed)
+
+
+def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list[str],
+            splits: list[str] | None, image_size: int, channels: int | None, seed: int) -> DataBundle:
+    if channels is None:  # greyscale unless any image is colour
+        channels = max(read_image(p).shape[0] for p, _ in items[: min(len(items), 64)])
+        channels = 3 if channels >= 3 else 1
+    images = torch.stack([resize_to(_as_uint8(read_image(p, channels), p), (image_size, image_size))
+                          for p, _ in items])
+    labels = torch.tensor([y for _, y in items], dtype=torch.long)
+    ids = [str(p) for p, _ in items]
+    full = Split(images, labels, ids)
+    if splits is None:
+        tr, va, te = stratified_split(labels.numpy(), seed=seed)
+    else:
+        arr = np.array(splits)
+        tr, va, te = (np.flatnonzero(arr == s) for s in ("train", "val", "test"))
+        if len(tr) == 0 or len(va) == 0 or len(te) == 0:
+            raise MeddxError("the split column must give train, val and test at least one image each", source)
+    return DataBundle(name=name, task="binary-class" if len(classes) == 2 else "multi-class",
+                      class_names=classes, train=full.subset(tr), val=full.subset(va), test=full.subset(te),
+                      source=source)
+
+
+def _as_uint8(t: torch.Tensor, path: Path) -> torch.Tensor:
+    if t.dtype == torch.uint8:
+        return t
+    raise MeddxError(f"folder/CSV images must be 8-bit PNG/JPEG, got {t.dtype}", path)

@@ -1,0 +1,82 @@
+"""The training configuration: one dataclass, saved resolved as ``config.json`` in every run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from meddx.errors import MeddxError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "phantom"  # "phantom", a MedMNIST name or .npz path, an image folder, or a CSV manifest
+    data_dir: str | None = None
+    size: int = 28  # MedMNIST file size (28/64/128/224) or resize target for folders/CSV; phantom side
+    task: str = "classification"
+    # model
+    model: str = "resnet18_slim"
+    pretrained: str | None = None
+    # optimisation (the default recipe; see docs in README "Default recipe")
+    epochs: int | None = None  # None: chosen from the training-set size (auto_epochs)
+    batch_size: int = 128
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float | None = None  # None: 2e-3 for AdamW, 0.05 for SGD
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # cosine | multistep
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    augment: str = "auto"  # auto (by modality) | none | a policy name from meddx.data.augment.POLICIES
+    ema_decay: float = 0.0  # >0: evaluate an exponential moving average of the weights
+    patience: int | None = None  # early stopping on the monitored validation metric; None: epochs // 3
+    max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    out: str = "runs"
+    name: str | None = None
+    tensorboard: bool = False
+    progress: bool = True
+    eval_batch_size: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MeddxError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MeddxError(f"cannot read config ({exc})", path) from None
+
+    def validate(self) -> None:
+        checks = [
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got {self.optimizer!r}"),
+            (self.schedule in ("cosine", "multistep"), f"schedule must be cosine or multistep, got {self.schedule!r}"),
+            (self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise MeddxError(msg)
+
+
+def auto_epochs(n_train: int, budget_samples: int = 300_000, lo: int = 15, hi: int = 100) -> int:
+    """Epochs for a fixed budget of sample visits: small sets get more epochs, large sets fewer."""
+    return int(min(hi, max(lo, round(budget_samples / max(n_train, 1)))))

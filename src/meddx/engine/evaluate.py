@@ -1,0 +1,77 @@
+"""``evaluate_run``: test-set metrics with confidence intervals, ``metrics.json`` and the HTML report."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meddx.data import DataBundle, load_data
+from meddx.data.augment import Normalization
+from meddx.engine.checkpoint import load_model
+from meddx.engine.config import TrainConfig
+from meddx.engine.loop import predict
+from meddx.engine.run import RunDir
+from meddx.errors import MeddxError
+from meddx.tasks import get_task
+from meddx.utils.io import atomic_path
+from meddx.utils.runtime import pick_device
+
+# Extra report sections, each "module:function" called as fn(context) -> ReportSection | None.
+# Other capabilities (explanations, segmentation overlays) add one line here.
+REPORT_SECTIONS: tuple[str, ...] = ()
+
+
+def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1000,
+                 data: DataBundle | None = None, device: str = "auto", report: bool = True) -> dict[str, Any]:
+    """Evaluate the best checkpoint of a run on ``split``; write ``metrics.json`` (+ ``report.html``)."""
+    run = RunDir.open(run_path)
+    cfg = TrainConfig.load(run.config)
+    if split not in ("train", "val", "test"):
+        raise MeddxError(f"split must be train, val or test, got {split!r}")
+    dev = pick_device(device if device != "auto" else cfg.device)
+    data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
+    ckpt = run.checkpoint("best")
+    model, meta = load_model(ckpt, dev)
+    if meta["classes"] != data.class_names:
+        raise MeddxError(f"checkpoint classes {meta['classes']} differ from the data's {data.class_names}", ckpt)
+    task = get_task(meta["task"], kind=meta["task_kind"], num_classes=meta["num_outputs"])
+    norm = Normalization(**meta["normalization"])
+    part = getattr(data, split)
+    y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,
+                            labels=part.labels)
+    y_true = part.labels.numpy()
+    metrics = task.full_metrics(y_true, y_score, data.class_names, n_bootstrap=n_bootstrap)
+    metrics.update({"split": split, "loss": loss, "checkpoint": ckpt.name, "epoch": meta["epoch"],
+                    "dataset": data.name, "model": meta["model"]})
+    run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
+    with atomic_path(run.path / f"predictions_{split}.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, y_true=y_true, y_score=y_score)
+    if report:
+        write_run_report(run, cfg, data, metrics, {"model": model, "meta": meta, "split": split,
+                                                   "y_true": y_true, "y_score": y_score, "device": dev})
+    return metrics
+
+
+def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: dict[str, Any],
+                     context: dict[str, Any]) -> Path:
+    """Render ``report.html`` with the run's history and any registered extra sections."""
+    from meddx.report.html import write_report
+
+    context = context | {"run": run, "config": cfg, "data": data, "metrics": metrics}
+    sections = []
+    for entry in REPORT_SECTIONS:
+        module, fn = entry.split(":")
+        section = getattr(importlib.import_module(module), fn)(context)
+        if section is not None:
+            sections.append(section)
+    run_info = {"dataset": data.name, "source": data.source, "model": cfg.model, "task": data.task,
+                "split": context["split"], "samples": metrics.get("n"), "run folder": str(run.path),
+                "checkpoint": f"{metrics['checkpoint']} (epoch {metrics['epoch'] + 1})"} | {
+                    f"config.{k}": v for k, v in cfg.to_dict().items()}
+    return write_report(run.report, title=f"meddx report: {data.name} / {cfg.model}", run_info=run_info,
+                        metrics=metrics, history=run.read_history(), sections=sections,
+                        class_names=data.class_names)

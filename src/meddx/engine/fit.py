@@ -1,0 +1,179 @@
+"""``fit(config)``: data -> model -> epochs of train/validate -> checkpoints, resumable after a crash."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddx.data import DataBundle, load_data
+from meddx.data.augment import Normalization, policy_for, POLICIES
+from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
+from meddx.engine.config import TrainConfig, auto_epochs
+from meddx.engine.loop import predict, train_one_epoch
+from meddx.engine.progress import EpochProgress
+from meddx.engine.run import RunDir
+from meddx.errors import MeddxError
+from meddx.models import create_model, get_model_spec, load_pretrained
+from meddx.tasks import get_task
+from meddx.tasks.classification import balanced_class_weights
+from meddx.utils.runtime import pick_device, seed_everything
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, epochs: int):
+    """AdamW or SGD(momentum, nesterov) with warmup + cosine or multistep decay, stepped per batch."""
+    lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 0.05)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    total = max(1, steps_per_epoch * epochs)
+    warm = min(total // 2, steps_per_epoch * cfg.warmup_epochs)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return 0.1 ** sum(t >= m for m in (0.5, 0.75))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, task_kind: str,
+                    epoch: int, metric: float) -> dict[str, Any]:
+    """Everything needed to rebuild the model and preprocess a new image, stored with the weights."""
+    return {
+        "format": 1, "model": cfg.model, "task": cfg.task, "task_kind": task_kind, "classes": data.class_names,
+        "num_outputs": data.num_classes, "in_channels": data.in_channels, "input_size": data.image_size[0],
+        "image_shape": list(data.image_size), "spatial_dims": data.spatial_dims, "normalization": norm.to_dict(),
+        "modality": data.modality, "dataset": data.name, "epoch": epoch, "monitor_value": metric,
+        "input_dtype": str(data.train.images.dtype).replace("torch.", ""),
+    }
+
+
+def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | None = None,
+        console: Any = None) -> RunDir:
+    """Train according to ``cfg`` (or continue the run folder ``resume``); return the run folder."""
+    if resume is not None:
+        run = RunDir.open(resume)
+        cfg = TrainConfig.load(run.config)
+    else:
+        cfg.validate()
+        run = None
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
+    task = get_task(cfg.task, kind=data.task, num_classes=data.num_classes,
+                    class_weights=balanced_class_weights(data.train.labels, data.task, data.num_classes)
+                    if cfg.class_weights else None, label_smoothing=cfg.label_smoothing)
+    norm = Normalization.fit(data.train.images)
+    policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
+                                                 else POLICIES.get(cfg.augment))
+    if cfg.augment not in ("auto", "none") and policy is None:
+        raise MeddxError(f"unknown augmentation policy {cfg.augment!r}; available: auto, {', '.join(POLICIES)}")
+    epochs = cfg.epochs or auto_epochs(len(data.train))
+    patience = cfg.patience or max(5, epochs // 3)
+
+    spec = get_model_spec(cfg.model)
+    model = create_model(cfg.model, data.in_channels, task.num_outputs, data.image_size[0], data.spatial_dims)
+    if cfg.pretrained and resume is None:
+        load_pretrained(model, cfg.pretrained, spec.head)
+    model.to(device)
+    steps = max(1, len(data.train) // cfg.batch_size)
+    optimizer, scheduler = build_optimizer(cfg, model, steps, epochs)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 0, -math.inf
+    if run is None:
+        run = RunDir.create(cfg.out, cfg.name, f"{data.name}-{cfg.model}")
+        run.write_json(run.config, cfg.to_dict())
+        run.write_json(run.data, data.summary() | {"normalization": norm.to_dict(),
+                                                   "augmentation": policy.to_dict() if policy else None,
+                                                   "epochs": epochs})
+    else:
+        tensors, meta, state = read_checkpoint(run.last)
+        model.load_state_dict(model_state(tensors))
+        restore_optimizer(optimizer, tensors, state)
+        extra = state["extra"]
+        scheduler.load_state_dict(extra["scheduler"])
+        if ema is not None and any(k.startswith("ema.") for k in tensors):
+            ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        start_epoch, best = meta["epoch"] + 1, extra["best"]
+        history = [r for r in run.read_history() if r["epoch"] < start_epoch]
+
+    writer = _tensorboard(run.path) if cfg.tensorboard else None
+    t0, stale = time.time(), 0
+    if history:
+        best_epoch = max(history, key=lambda r: r.get(f"val_{task.monitor}", -math.inf))["epoch"]
+        stale = history[-1]["epoch"] - best_epoch
+    with EpochProgress(epochs, steps, enabled=cfg.progress, console=console) as bar:
+        for epoch in range(start_epoch, epochs):
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: identical after a resume
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            bar.start_epoch(epoch)
+            tic = time.time()
+            stats = train_one_epoch(model, data.train, task, optimizer, scheduler, norm, batch_size=cfg.batch_size,
+                                    device=device, policy=policy, generator=gen, amp=cfg.amp,
+                                    on_step=bar.step, ema=ema)
+            eval_model = ema.module if ema is not None else model
+            y_score, val_loss = predict(eval_model, data.val.images, task, norm, batch_size=cfg.eval_batch_size,
+                                        device=device, amp=cfg.amp, labels=data.val.labels)
+            val = task.quick_metrics(data.val.labels.numpy(), y_score)
+            row = {"epoch": epoch, **stats, "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()},
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - tic, 3)}
+            history.append(row)
+            score = val[task.monitor]
+            improved = not math.isnan(score) and score > best
+            if improved:
+                best, stale = score, 0
+            else:
+                stale += 1
+            meta = checkpoint_meta(cfg, data, norm, data.task, epoch, score)
+            if improved:
+                save_checkpoint(run.best, eval_model, meta)
+            ema_state = {f"ema.{k}": v for k, v in ema.module.state_dict().items()} if ema is not None else {}
+            save_checkpoint(run.last, model, meta, optimizer,
+                            {"scheduler": scheduler.state_dict(), "best": best}, ema_state)
+            run.write_history(history)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch" and isinstance(v, float):
+                        writer.add_scalar(k, v, epoch)
+            bar.end_epoch(row, task.monitor, improved)
+            if stale >= patience:
+                bar.note(f"early stop: no {task.monitor} gain on validation for {patience} epochs")
+                break
+            if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
+                bar.note(f"time budget of {cfg.max_minutes} min reached")
+                break
+    if writer is not None:
+        writer.close()
+    if ema is not None and not run.best.is_file():
+        save_checkpoint(run.best, ema.module, meta)
+    return run
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MeddxError("--tensorboard needs the tensorboard package (pip install 'meddx[tensorboard]')") from None
+    return SummaryWriter(str(path / "tensorboard"))
+
+
+def seconds_per_epoch(history: list[dict[str, Any]]) -> float:
+    return float(np.mean([r["seconds"] for r in history])) if history else 0.0

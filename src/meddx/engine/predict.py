@@ -1,0 +1,75 @@
+"""``Predictor``: a trained run applied to image files (PNG/JPEG/``.npy``), preprocessing from its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddx.data.augment import Normalization
+from meddx.data.images import read_image, resize_to
+from meddx.engine.checkpoint import load_model
+from meddx.engine.loop import predict
+from meddx.engine.run import RunDir
+from meddx.errors import MeddxError
+from meddx.tasks import get_task
+from meddx.utils.runtime import pick_device
+
+
+class Predictor:
+    """Loads a checkpoint once; ``predict_files`` returns one dict per image."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = RunDir.open(path).checkpoint("best")
+        self.device = pick_device(device)
+        self.model, self.meta = load_model(path, self.device)
+        self.task = get_task(self.meta["task"], kind=self.meta["task_kind"], num_classes=self.meta["num_outputs"])
+        self.norm = Normalization(**self.meta["normalization"])
+        self.classes: list[str] = self.meta["classes"]
+
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """Read and resize one file to the checkpoint's input (channels, size, dtype range)."""
+        meta = self.meta
+        img = read_image(path, channels=meta["in_channels"])
+        if img.shape[0] != meta["in_channels"]:
+            raise MeddxError(f"has {img.shape[0]} channels, the model expects {meta['in_channels']}", path)
+        shape = tuple(meta["image_shape"])
+        if img.ndim - 1 != len(shape):
+            raise MeddxError(f"is {img.ndim - 1}D but the model expects {len(shape)}D inputs", path)
+        if meta["input_dtype"] == "uint8" and img.dtype != torch.uint8:
+            if img.is_floating_point() and (img.min() < 0 or img.max() > 255):
+                raise MeddxError(f"values {float(img.min()):.3g}..{float(img.max()):.3g} are outside the model's "
+                                 "8-bit input range 0..255", path)
+            img = img.round().clamp(0, 255).to(torch.uint8) if img.is_floating_point() else img.clamp(0, 255).to(
+                torch.uint8)
+        if len(shape) == 2:
+            img = resize_to(img, shape)
+        elif tuple(img.shape[1:]) != shape:
+            raise MeddxError(f"volume of shape {tuple(img.shape[1:])}, the model expects {shape}", path)
+        return img
+
+    def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
+        y_score, _ = predict(self.model, images, self.task, self.norm, device=self.device)
+        return y_score
+
+    def predict_files(self, paths: list[str | Path]) -> list[dict[str, Any]]:
+        if not paths:
+            raise MeddxError("no image files given")
+        images = torch.stack([self.load_image(p) for p in paths])
+        probs = self.predict_tensor(images)
+        return [self.describe(str(p), row) for p, row in zip(paths, probs)]
+
+    def describe(self, name: str, probs: np.ndarray) -> dict[str, Any]:
+        from meddx.tasks.classification import MULTI_LABEL
+
+        out: dict[str, Any] = {"file": name, "probabilities": {c: float(v) for c, v in zip(self.classes, probs)}}
+        if self.meta["task_kind"] == MULTI_LABEL:
+            out["labels"] = [c for c, v in zip(self.classes, probs) if v > 0.5]
+        else:
+            k = int(np.argmax(probs))
+            out["label"], out["probability"] = self.classes[k], float(probs[k])
+        return out

@@ -1,0 +1,39 @@
+"""Classification metrics (MedMNIST definitions), calibration and bootstrap confidence intervals."""
+
+from meddx.metrics.bootstrap import bootstrap_ci, bootstrap_replicates
+from meddx.metrics.calibration import compute_ece, reliability_bins
+from meddx.metrics.classification import (
+    TASKS,
+    ClassificationMetric,
+    acc_metric,
+    auc_metric,
+    auc_per_class,
+    check_inputs,
+    compute_acc,
+    compute_auc,
+    confusion,
+    evaluate_classification,
+    per_class_metrics,
+    predict_labels,
+    roc_curves,
+)
+
+__all__ = [
+    "TASKS",
+    "ClassificationMetric",
+    "acc_metric",
+    "auc_metric",
+    "auc_per_class",
+    "bootstrap_ci",
+    "bootstrap_replicates",
+    "check_inputs",
+    "compute_acc",
+    "compute_auc",
+    "compute_ece",
+    "confusion",
+    "evaluate_classification",
+    "per_class_metrics",
+    "predict_labels",
+    "reliability_bins",
+    "roc_curves",
+]

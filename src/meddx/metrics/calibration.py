@@ -1,0 +1,88 @@
+"""Calibration: expected calibration error (ECE) and reliability-diagram bins.
+
+Single-label tasks (binary, multi-class, ordinal) use the top-label view: confidence is the probability of the
+predicted class, accuracy whether the prediction was right (binary predicts positive when ``p > 0.5`` and
+its confidence is ``max(p, 1 - p)``). Multi-label tasks use each label's positive probability against the
+observed positive rate: ECE is the mean over labels of each label's binary ECE, and the reliability bins pool
+all (sample, label) pairs.
+
+Bins are ``n_bins`` equal-width intervals ``(lo, hi]`` of [0, 1] (a confidence of exactly 0 goes in the first
+bin). ``ECE = sum_b (n_b / N) * |accuracy_b - confidence_b|``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from meddx.errors import MeddxError
+from meddx.metrics.classification import BINARY, MULTI_LABEL, check_inputs
+
+
+def _check_bins(n_bins: int) -> None:
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise MeddxError(f"n_bins must be a positive integer, got {n_bins!r}")
+
+
+def _bin_stats(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin: mean confidence, mean hit (accuracy or positive rate), count. Empty bins give nan."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+        mean_hit = np.bincount(idx, weights=hit.astype(np.float64), minlength=n_bins) / count
+    return mean_conf, mean_hit, count
+
+
+def _ece(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> float:
+    mean_conf, mean_hit, count = _bin_stats(conf, hit, n_bins)
+    ok = count > 0
+    return float(np.sum(count[ok] / count.sum() * np.abs(mean_hit[ok] - mean_conf[ok])))
+
+
+def _top_label(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence of the predicted class and whether the prediction was correct."""
+    if task == BINARY:
+        p = y_score[:, -1]
+        pred = (p > 0.5).astype(np.int64)
+        return np.where(pred == 1, p, 1.0 - p), pred == y_true
+    pred = np.argmax(y_score, axis=1)
+    return y_score[np.arange(len(y_score)), pred], pred == y_true
+
+
+def compute_ece(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> float:
+    """Expected calibration error (0 = perfectly calibrated); see the module docstring for the definition."""
+    _check_bins(n_bins)
+    c = check_inputs(y_true, y_score, task, require_prob=True)
+    if task == MULTI_LABEL:
+        return float(np.mean([_ece(c.y_score[:, i], c.y_true[:, i], n_bins) for i in range(c.n_classes)]))
+    conf, hit = _top_label(c.y_true, c.y_score, task)
+    return _ece(conf, hit, n_bins)
+
+
+def reliability_bins(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> dict[str, Any]:
+    """Reliability-diagram data: ``bin_edges`` (n_bins + 1); per bin ``confidence``, ``accuracy``, ``count``.
+
+    Empty bins have ``None`` confidence/accuracy (JSON-safe). For multi-label, ``accuracy`` is the observed
+    fraction of positives in the bin (``"mode": "positive-rate"``); otherwise ``"mode": "top-label"``.
+    """
+    _check_bins(n_bins)
+    c = check_inputs(y_true, y_score, task, require_prob=True)
+    if task == MULTI_LABEL:
+        conf, hit, mode = c.y_score.ravel(), c.y_true.ravel(), "positive-rate"
+    else:
+        (conf, hit), mode = _top_label(c.y_true, c.y_score, task), "top-label"
+    mean_conf, mean_hit, count = _bin_stats(conf, hit, n_bins)
+
+    def opt(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    return {
+        "mode": mode,
+        "bin_edges": [float(e) for e in np.linspace(0.0, 1.0, n_bins + 1)],
+        "confidence": [opt(v) for v in mean_conf],
+        "accuracy": [opt(v) for v in mean_hit],
+        "count": [int(v) for v in count],
+    }

@@ -1,0 +1,83 @@
+"""The model registry: an explicit table of names -> builders (no import side effects).
+
+Each entry says where its builder lives (imported lazily, so ``meddx models`` starts fast), which
+spatial ranks it supports, which layer CAM explanations should hook by default, and which module is
+the classification head that transfer learning replaces. Adding a model is one small builder file
+plus one row here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from meddx.errors import MeddxError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: str  # "module:function" under meddx.models, called as fn(in_channels, num_classes, input_size, spatial_dims)
+    summary: str
+    source: str  # the library the network comes from
+    target_layer: str  # default layer for CAM methods (dotted module path)
+    head: str  # dotted path of the classifier module replaced by transfer learning
+    spatial_dims: tuple[int, ...] = (2,)
+
+
+_SPECS = (
+    ModelSpec("seednet", "seednet:build", "classic two-conv CNN (conv-relu-conv-relu-maxpool-dropout-fc-relu-dropout-fc)",
+              "torch.nn", "features", "classifier.fc2", (2, 3)),
+    ModelSpec("resnet18_slim", "monai_resnet:build_resnet18_slim",
+              "ResNet-18 layout at 1/4 width, 3x3 stride-1 stem (fast default for 28-64 px, 2D and 3D)",
+              "MONAI", "layer4", "fc", (2, 3)),
+    ModelSpec("resnet18", "torchvision_nets:build_resnet18", "ResNet-18 (small-input stem below 64 px, as MedMNIST)",
+              "torchvision", "layer4", "fc"),
+    ModelSpec("resnet50", "torchvision_nets:build_resnet50", "ResNet-50 (small-input stem below 64 px, as MedMNIST)",
+              "torchvision", "layer4", "fc"),
+    ModelSpec("mobilenet_v3_small", "torchvision_nets:build_mobilenet_v3_small", "MobileNetV3-Small",
+              "torchvision", "features", "classifier.3"),
+    ModelSpec("shufflenet_v2", "torchvision_nets:build_shufflenet_v2", "ShuffleNetV2 x1.0", "torchvision",
+              "conv5", "fc"),
+    ModelSpec("efficientnet_b0", "timm_nets:build_efficientnet_b0", "EfficientNet-B0", "timm", "conv_head",
+              "classifier"),
+)
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+DEFAULT_MODEL = "resnet18_slim"
+
+
+def list_models() -> list[str]:
+    """Names of all registered models."""
+    return list(REGISTRY)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise MeddxError(f"unknown model {name!r}; available: {', '.join(REGISTRY)}") from None
+
+
+def create_model(name: str, in_channels: int, num_classes: int, input_size: int = 28,
+                 spatial_dims: int = 2) -> nn.Module:
+    """Build a registered model for ``in_channels`` inputs of ``input_size`` px and ``num_classes`` outputs."""
+    spec = get_model_spec(name)
+    if spatial_dims not in spec.spatial_dims:
+        raise MeddxError(f"model {name!r} supports {'/'.join(f'{d}D' for d in spec.spatial_dims)} inputs, "
+                         f"not {spatial_dims}D")
+    if in_channels < 1 or num_classes < 1:
+        raise MeddxError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
+    module_name, fn_name = spec.builder.split(":")
+    builder = getattr(importlib.import_module(f"meddx.models.{module_name}"), fn_name)
+    return builder(in_channels=in_channels, num_classes=num_classes, input_size=input_size,
+                   spatial_dims=spatial_dims)
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    """``model.get_submodule`` with a one-line error."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise MeddxError(f"model has no layer {path!r}") from None

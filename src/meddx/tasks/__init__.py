@@ -1,0 +1,8 @@
+"""Tasks: what a network's output means (loss, probabilities, metrics) for one kind of finding.
+
+``get_task(name)`` returns a task object; the engine's loop is the same for all of them.
+"""
+
+from meddx.tasks.base import Task, get_task
+
+__all__ = ["Task", "get_task"]
