@@ -45,8 +45,8 @@ def main() -> None:
 
     from meddx.data import load_data
     from meddx.data.augment import Normalization
-    from meddx.engine.fit import build_optimizer
     from meddx.engine.config import TrainConfig
+    from meddx.engine.fit import build_optimizer
     from meddx.engine.loop import train_one_epoch
     from meddx.models import create_model
     from meddx.tasks import get_task

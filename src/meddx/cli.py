@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
@@ -52,30 +53,32 @@ def _train_config(**kw: Any):
 @user_errors
 def train(
     data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
-    model: Optional[str] = typer.Option(None, help="registered model (see `meddx models`)"),
-    size: Optional[int] = typer.Option(None, help="MedMNIST size (28/64/128/224) or resize target"),
-    data_dir: Optional[str] = typer.Option(None, envvar="MEDDX_DATA", help="folder with MedMNIST files"),
-    epochs: Optional[int] = typer.Option(None, help="default: from the training-set size"),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None),
-    optimizer: Optional[str] = typer.Option(None, help="adamw | sgd"),
-    schedule: Optional[str] = typer.Option(None, help="cosine | multistep"),
+    task: str | None = typer.Option(None, help="classification (default) or another registered task"),
+    model: str | None = typer.Option(None, help="registered model (see `meddx models`)"),
+    size: int | None = typer.Option(None, help="MedMNIST size (28/64/128/224) or resize target"),
+    data_dir: str | None = typer.Option(None, envvar="MEDDX_DATA", help="folder with MedMNIST files"),
+    epochs: int | None = typer.Option(None, help="default: from the training-set size"),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    optimizer: str | None = typer.Option(None, help="adamw | sgd"),
+    schedule: str | None = typer.Option(None, help="cosine | multistep"),
     class_weights: bool = typer.Option(False, help="weight the loss by inverse class frequency"),
-    augment: Optional[str] = typer.Option(None, help="auto (by modality) | none | policy name"),
-    pretrained: Optional[str] = typer.Option(None, help="weights file or run to start from (head replaced)"),
+    augment: str | None = typer.Option(None, help="auto (by modality) | none | policy name"),
+    pretrained: str | None = typer.Option(None, help="weights file or run to start from (head replaced)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
     out: str = typer.Option("runs", help="parent folder of run folders"),
-    name: Optional[str] = typer.Option(None, help="run folder name (default: data-model-time)"),
-    max_minutes: Optional[float] = typer.Option(None, help="stop cleanly after this wall time"),
+    name: str | None = typer.Option(None, help="run folder name (default: data-model-time)"),
+    max_minutes: float | None = typer.Option(None, help="stop cleanly after this wall time"),
     tensorboard: bool = typer.Option(False, help="also log to TensorBoard"),
-    resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
+    resume: Path | None = typer.Option(None, help="continue an interrupted run folder"),
     evaluate: bool = typer.Option(True, help="evaluate on the test split and write the report afterwards"),
 ) -> None:
     """Train a model; writes a run folder with config, history and checkpoints."""
     from meddx.engine.fit import fit
 
-    cfg = _train_config(data=data, model=model, size=size, data_dir=data_dir, epochs=epochs, batch_size=batch_size,
+    cfg = _train_config(data=data, task=task, model=model, size=size, data_dir=data_dir, epochs=epochs,
+                        batch_size=batch_size,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, seed=seed, device=device, out=out, name=name,
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
@@ -138,7 +141,7 @@ def predict(
 @user_errors
 def demo(
     out: str = typer.Option("runs", help="parent folder of the run folder"),
-    epochs: Optional[int] = typer.Option(None, help="default: 8"),
+    epochs: int | None = typer.Option(None, help="default: 8"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train, evaluate and report on the embedded synthetic CT phantom (no download needed)."""
@@ -159,7 +162,7 @@ def demo(
 
 @app.command()
 @user_errors
-def datasets(data_dir: Optional[str] = typer.Option(None, envvar="MEDDX_DATA")) -> None:
+def datasets(data_dir: str | None = typer.Option(None, envvar="MEDDX_DATA")) -> None:
     """List the data sets meddx knows and whether their files are present."""
     from rich.table import Table
 
@@ -189,6 +192,19 @@ def models() -> None:
         name = f"{s.name} (default)" if s.name == DEFAULT_MODEL else s.name
         table.add_row(name, s.source, "/".join(f"{d}D" for d in s.spatial_dims), s.target_layer, s.summary)
     _console().print(table)
+
+
+def _register_capabilities() -> None:
+    """Commands of the other capabilities, each kept in its own module (an explicit list, no plugins magic)."""
+    from meddx.deploy.commands import register as deploy_commands
+    from meddx.explain.commands import register as explain_commands
+    from meddx.serve.commands import register as serve_commands
+
+    for register in (explain_commands, deploy_commands, serve_commands):
+        register(app)
+
+
+_register_capabilities()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -66,6 +66,9 @@ _LUNG_HEIGHT_MM = 260.0  # nominal cranio-caudal lung extent (3D z spacing)
 _LUNG_HALF_HEIGHT = 0.85  # nominal lung semi-axis (z), in units of half the volume depth
 _PSF_SIGMA = 0.6  # scanner blur, pixels
 _NOISE_SIGMA = 0.7  # noise correlation length, pixels
+_FULL_CONTRAST_RADIUS = 0.8  # vessels thinner than this (pixels) lose contrast (partial volume)
+_MIN_RADIUS = 0.75  # smallest nodule radius in pixels, so that every nodule owns a pixel
+_MIN_RADIUS_3D = 1.0  # same in voxels, for ellipsoids with axes 0.7..1.15 times the mean
 
 
 @dataclass
@@ -168,8 +171,8 @@ def _count_nodules(rng: np.random.Generator, max_nodules: int) -> int:
 
 def _lung_background(rng: np.random.Generator, v: np.ndarray, lcv: float, lav: float) -> np.ndarray:
     """Lung parenchyma: per-image density with a gravity-dependent (posterior) gradient."""
-    base = rng.uniform(-900.0, -800.0)
-    slope = rng.uniform(0.0, 60.0)
+    base = rng.uniform(-910.0, -840.0)
+    slope = rng.uniform(0.0, 50.0)
     return (base + slope * np.clip((v - lcv) / lav, -1.0, 1.0)).astype(np.float32)
 
 
@@ -280,24 +283,25 @@ def _slice(
         paint(bcu + (iau - 0.04) * math.cos(ra), bcv + (iav - 0.04) * math.sin(ra), 0.045, 0.025, rh,
               ra + math.pi / 2, block=2.0, within=inner)
 
-    # lungs, each with its vessels and nodules
+    # lungs (two ellipses carved by everything above), then their vessels and nodules
+    lungs = []
+    for side in (-1.0, 1.0):
+        lcu = bcu + side * rng.uniform(0.40, 0.50) * bau / 0.9
+        lcv = bcv + rng.uniform(-0.08, 0.02)
+        lau, lav = rng.uniform(0.25, 0.34), rng.uniform(0.40, 0.50) * bav / 0.67
+        w, r2 = paint(lcu, lcv, lau, lav, theta=side * rng.uniform(0.0, 0.25))
+        lung = np.zeros((size, size), bool)
+        lung[w] = (r2 < 1.0) & ~blocked[w] & (U[w] * side > bcu * side + 0.06)
+        if lung.sum() >= 4:
+            lungs.append((side, lung, lcu, lcv, lau, lav))
     lung_mask = np.zeros((size, size), bool)
     inst = np.zeros((size, size), np.uint8)
     nodules: list[tuple[float, float, float]] = []
     taken: list[tuple[float, float, float]] = []  # (y, x, r) of placed nodules
-    n_total = _count_nodules(rng, max_nodules) if positive else 0
-    split = np.bincount(rng.integers(0, 2, n_total), minlength=2).tolist()
+    n_total = _count_nodules(rng, max_nodules) if positive and lungs else 0
+    split = np.bincount(rng.integers(0, max(len(lungs), 1), n_total), minlength=len(lungs)).tolist()
     vessel_hu = rng.uniform(-20.0, 80.0)
-    for side, n_here in zip((-1.0, 1.0), split, strict=True):
-        lcu = bcu + side * rng.uniform(0.40, 0.50) * bau / 0.9
-        lcv = bcv + rng.uniform(-0.08, 0.02)
-        lau, lav = rng.uniform(0.25, 0.34), rng.uniform(0.40, 0.50) * bav / 0.67
-        theta = side * rng.uniform(0.0, 0.25)
-        w, r2 = paint(lcu, lcv, lau, lav, theta=theta)
-        lung = np.zeros((size, size), bool)
-        lung[w] = (r2 < 1.0) & ~blocked[w] & (U[w] * side > bcu * side + 0.06)
-        if lung.sum() < 12:
-            continue
+    for (side, lung, lcu, lcv, lau, lav), n_here in zip(lungs, split, strict=True):
         lung_mask |= lung
         win = _bbox(lung)
         ly, lx, lm = Y[win], X[win], lung[win]
@@ -307,10 +311,10 @@ def _slice(
         hy, hx = to_px(lcu - side * 0.6 * lau, lcv + rng.uniform(-0.15, 0.15) * lav)
         lateral = 0.0 if side > 0 else math.pi
         segs, ends = _vessel_tree_2d(rng, hy, hx, lateral, rng.uniform(0.3, 0.5) * lav * half,
-                                     rng.uniform(0.55, 0.9) * ps)
-        vp = _segment_profile_2d(ly, lx, segs, 0.35, 0.8 * ps)
+                                     rng.uniform(0.45, 0.75) * ps)
+        vp = _segment_profile_2d(ly, lx, segs, 0.35, _FULL_CONTRAST_RADIUS)
         ys, xs = np.nonzero(lm)
-        n_blob = int(rng.integers(3, 10))
+        n_blob = int(rng.integers(2, 8))
         pick = rng.integers(0, len(ys), n_blob)
         by = ys[pick] + win[0].start + rng.uniform(-0.5, 0.5, n_blob)
         bx = xs[pick] + win[1].start + rng.uniform(-0.5, 0.5, n_blob)
@@ -319,16 +323,16 @@ def _slice(
             sel = rng.choice(len(ends), n_end, replace=False)
             by = np.concatenate([by, ends[sel, 0]])
             bx = np.concatenate([bx, ends[sel, 1]])
-        br = np.clip(rng.lognormal(math.log(0.95), 0.35, len(by)), 0.5, 2.3) * ps
+        br = np.clip(rng.lognormal(math.log(0.7), 0.3, len(by)), 0.4, 1.5) * ps
         blobs = np.stack([by, bx, by, bx, br, br], axis=1)
-        vp = np.maximum(vp, _segment_profile_2d(ly, lx, blobs, 0.4, 0.8 * ps))
+        vp = np.maximum(vp, _segment_profile_2d(ly, lx, blobs, 0.4, _FULL_CONTRAST_RADIUS))
         value = field + (vessel_hu - field) * vp
 
         # nodules
         if n_here:
             edt = ndimage.distance_transform_edt(np.pad(lm, 1))[1:-1, 1:-1]
             for _ in range(n_here):
-                placed = _place_nodule_2d(rng, edt, segs, win, taken, ps)
+                placed = _place_nodule_2d(rng, edt, segs, win, taken, ps, must=not nodules)
                 if placed is None:
                     continue
                 cy, cx, r = placed
@@ -336,16 +340,16 @@ def _slice(
                 dy, dx = ly - cy, lx - cx
                 dist = np.sqrt(dy * dy + dx * dx)
                 lob = rng.uniform(0.0, 0.15)
-                rad = r * (1.0 + lob * np.cos(int(rng.integers(3, 7)) * np.arctan2(dy, dx) + rng.uniform(0, 6.3)))
+                lobes = int(rng.integers(3, 7))
+                rad = r * (1.0 + lob * np.cos(lobes * np.arctan2(dy, dx) + rng.uniform(0, 6.3)))
                 ggo = r >= 1.75 * ps and rng.random() < 0.25
                 hu = rng.uniform(-650.0, -350.0) if ggo else rng.uniform(-60.0, 80.0)
                 edge = rng.uniform(0.5, 1.0) * ps if ggo else rng.uniform(0.2, 0.45) * ps
-                prof = _sigmoid((rad - dist) / edge)
-                value = np.maximum(value, field + (hu - field) * prof)
                 sub = inst[win]
                 own = (dist <= rad) & lm & (sub == 0)
                 if not own.any():
                     continue
+                value = np.maximum(value, field + (hu - field) * _sigmoid((rad - dist) / edge))
                 sub[own] = k
                 nodules.append((float(cy), float(cx), float(2.0 * r)))
                 taken.append((cy, cx, r))
@@ -367,9 +371,13 @@ def _place_nodule_2d(
     win: tuple[slice, ...],
     taken: list[tuple[float, float, float]],
     ps: float,
+    must: bool = False,
 ) -> tuple[float, float, float] | None:
-    """Pick a nodule centre (image pixels) and radius inside one lung (``edt`` is its distance map)."""
-    r = 0.5 * ps * math.exp(rng.uniform(math.log(2.0), math.log(10.0)))
+    """Pick a nodule centre (image pixels) and radius inside one lung (``edt`` is its distance map).
+
+    Gives up (None) after a few tries unless ``must``: then the deepest lung pixel is used.
+    """
+    r = max(0.5 * ps * math.exp(rng.uniform(math.log(2.0), math.log(10.0))), _MIN_RADIUS)
     oy, ox = win[0].start, win[1].start
     for _attempt in range(12):
         kind = rng.choice(3, p=[0.5, 0.25, 0.25])  # free, juxtapleural, juxtavascular
@@ -389,14 +397,17 @@ def _place_nodule_2d(
             lo, hi = (r + 1.0, np.inf) if kind == 0 else (max(1.0, 0.5 * r), max(1.5, r))
             ys, xs = np.nonzero((edt >= lo) & (edt <= hi))
             if len(ys) == 0:
-                r = max(ps, 0.8 * r)
+                r = max(_MIN_RADIUS, 0.8 * r)
                 continue
             j = int(rng.integers(0, len(ys)))
             cy = ys[j] + oy + rng.uniform(-0.3, 0.3)
             cx = xs[j] + ox + rng.uniform(-0.3, 0.3)
         if all(math.hypot(cy - ty, cx - tx) > r + tr + 1.0 for ty, tx, tr in taken):
             return float(cy), float(cx), r
-    return None
+    if not must:
+        return None
+    iy, ix = np.unravel_index(int(np.argmax(edt)), edt.shape)
+    return float(iy + oy), float(ix + ox), max(min(r, float(edt[iy, ix]) - 0.5), _MIN_RADIUS)
 
 
 def _boxes_2d(inst: np.ndarray, k: int) -> np.ndarray:
@@ -420,6 +431,8 @@ def make_slices(
     seed = _as_int("seed", seed, 0)
     nodule_fraction = _as_fraction("nodule_fraction", nodule_fraction)
     max_nodules = _as_int("max_nodules", max_nodules, 1)
+    if max_nodules > 255:
+        raise MeddxError(f"phantom max_nodules must be <= 255 (uint8 masks), got {max_nodules}")
 
     coords = np.arange(size, dtype=np.float32)
     Y, X = np.meshgrid(coords, coords, indexing="ij")
@@ -475,7 +488,8 @@ def _tube(
     a = [float(v) for v in a]
     d = [float(q) - p for q, p in zip(b, a, strict=True)]
     pz, py, px = z - a[0], y - a[1], x - a[2]
-    t = np.clip((pz * d[0] + py * d[1] + px * d[2]) / (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] + 1e-6), 0.0, 1.0)
+    length2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2] + 1e-6
+    t = np.clip((pz * d[0] + py * d[1] + px * d[2]) / length2, 0.0, 1.0)
     dist = np.sqrt((pz - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (px - t * d[2]) ** 2)
     r = r0 + t * (r1 - r0)
     return np.minimum(r / full, 1.0) * _sigmoid((r - dist) / edge)
@@ -563,24 +577,24 @@ def _volume(
     img[ribs & inner] = rng.uniform(400.0, 800.0)
 
     allowed = ((inner2 < 0.7) & (V < back - 0.12) & (aorta2 > 1.3) & (spine2 > 1.6) & (heart2 > 1.1))
+    lungs = []
+    for side in (-1.0, 1.0):
+        lcz, lcu = rng.uniform(-0.1, 0.05), bcu + side * rng.uniform(0.40, 0.50)
+        lcv = bcv + rng.uniform(-0.08, 0.02)
+        laz, lau, lav = rng.uniform(0.8, 0.95), rng.uniform(0.25, 0.34), rng.uniform(0.40, 0.50)
+        dome2 = ell3((rng.uniform(1.15, 1.45), lcv + 0.1, lcu), (0.6, 0.7, 0.5))  # diaphragm
+        lung = (ell3((lcz, lcv, lcu), (laz, lav, lau)) < 1.0) & allowed & (dome2 > 1.0)
+        lung &= U * side > bcu * side + 0.06
+        if lung.sum() >= 8:
+            lungs.append((side, lung, lcz, lcu, lcv, lau, lav))
     lung_mask = np.zeros(full, bool)
     inst = np.zeros(full, np.uint8)
     nodules: list[tuple[np.ndarray, float]] = []
     taken: list[tuple[np.ndarray, float]] = []
-    n_total = _count_nodules(rng, max_nodules) if positive else 0
-    split = [0, 0]
-    for _ in range(n_total):
-        split[int(rng.integers(0, 2))] += 1
+    n_total = _count_nodules(rng, max_nodules) if positive and lungs else 0
+    split = np.bincount(rng.integers(0, max(len(lungs), 1), n_total), minlength=len(lungs)).tolist()
     vessel_hu = rng.uniform(-20.0, 80.0)
-    for side, n_here in zip((-1.0, 1.0), split, strict=True):
-        lcz, lcu = rng.uniform(-0.1, 0.05), bcu + side * rng.uniform(0.40, 0.50)
-        lcv = bcv + rng.uniform(-0.08, 0.02)
-        laz, lau, lav = rng.uniform(0.8, 0.95), rng.uniform(0.25, 0.34), rng.uniform(0.40, 0.50)
-        dome2 = ell3((rng.uniform(1.15, 1.45), lcv + 0.1, lcu), (0.6, 0.7, 0.5))
-        lung = (ell3((lcz, lcv, lcu), (laz, lav, lau)) < 1.0) & allowed & (dome2 > 1.0)
-        lung &= U * side > bcu * side + 0.06
-        if lung.sum() < 30:
-            continue
+    for (side, lung, lcz, lcu, lcv, lau, lav), n_here in zip(lungs, split, strict=True):
         lung_mask |= lung
         win = _bbox(lung)
         lm = lung[win]
@@ -600,14 +614,14 @@ def _volume(
             if np.any(hi <= lo):
                 continue
             sl = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi, strict=True))
-            prof = _tube(gz[sl[0]], gy[:, sl[1]], gx[:, :, sl[2]], a, b, r0, r1, 0.35, 0.8 * ps)
+            prof = _tube(gz[sl[0]], gy[:, sl[1]], gx[:, :, sl[2]], a, b, r0, r1, 0.35, _FULL_CONTRAST_RADIUS)
             np.maximum(vp[sl], prof, out=vp[sl])
         value = field + (vessel_hu - field) * vp
 
         if n_here:
             edt = ndimage.distance_transform_edt(np.pad(lm, 1))[1:-1, 1:-1, 1:-1]
             for _ in range(n_here):
-                placed = _place_nodule_3d(rng, edt, segs, origin, taken, ps)
+                placed = _place_nodule_3d(rng, edt, segs, origin, taken, ps, must=not nodules)
                 if placed is None:
                     continue
                 c, r = placed
@@ -625,12 +639,12 @@ def _volume(
                 ggo = r >= 2.0 * ps and rng.random() < 0.25
                 hu = rng.uniform(-650.0, -350.0) if ggo else rng.uniform(-60.0, 80.0)
                 edge = rng.uniform(0.5, 1.0) * ps if ggo else rng.uniform(0.2, 0.45) * ps
-                prof = _sigmoid((1.0 - rho) * r / edge)
-                value[sl] = np.maximum(value[sl], field[sl] + (hu - field[sl]) * prof)
                 sub = inst[win][sl]
                 own = (rho <= 1.0) & lm[sl] & (sub == 0)
                 if not own.any():
                     continue
+                prof = _sigmoid((1.0 - rho) * r / edge)
+                value[sl] = np.maximum(value[sl], field[sl] + (hu - field[sl]) * prof)
                 sub[own] = len(nodules) + 1
                 nodules.append((c.astype(np.float32), float(2.0 * r)))
                 taken.append((c, r))
@@ -639,7 +653,8 @@ def _volume(
     amp = rng.uniform(5.0, 30.0)
     freq = rng.uniform(0.5, 2.0, (3, 3))
     phase = rng.uniform(0.0, 2 * math.pi, 3)
-    bias = sum(np.cos(math.pi * (f[0] * Z + f[1] * V + f[2] * U) + p) for f, p in zip(freq, phase, strict=True))
+    bias = sum(np.cos(math.pi * (f[0] * Z + f[1] * V + f[2] * U) + p)
+               for f, p in zip(freq, phase, strict=True))
     img[body] += (amp / 3.0) * np.broadcast_to(bias, full)[body]
     return img, inst, lung_mask, nodules
 
@@ -651,9 +666,13 @@ def _place_nodule_3d(
     origin: np.ndarray,
     taken: list[tuple[np.ndarray, float]],
     ps: float,
+    must: bool = False,
 ) -> tuple[np.ndarray, float] | None:
-    """Pick a nodule centre (volume voxels) and mean radius inside one lung."""
-    r = 0.5 * ps * math.exp(rng.uniform(math.log(3.0), math.log(12.0)))
+    """Pick a nodule centre (volume voxels) and mean radius inside one lung (``edt``: its distance map).
+
+    Gives up (None) after a few tries unless ``must``: then the deepest lung voxel is used.
+    """
+    r = max(0.5 * ps * math.exp(rng.uniform(math.log(3.0), math.log(12.0))), _MIN_RADIUS_3D)
     for _attempt in range(12):
         kind = rng.choice(3, p=[0.5, 0.25, 0.25])
         if kind == 2:
@@ -670,13 +689,16 @@ def _place_nodule_3d(
             lo, hi = (r + 1.0, np.inf) if kind == 0 else (max(1.0, 0.5 * r), max(1.5, r))
             cand = np.flatnonzero(((edt >= lo) & (edt <= hi)).ravel())
             if len(cand) == 0:
-                r = max(1.5 * ps, 0.8 * r)
+                r = max(_MIN_RADIUS_3D, 0.8 * r)
                 continue
             idx = np.array(np.unravel_index(int(cand[int(rng.integers(0, len(cand)))]), edt.shape))
             c = idx + origin + rng.uniform(-0.3, 0.3, 3)
         if all(np.linalg.norm(c - tc) > r + tr + 1.0 for tc, tr in taken):
             return c, r
-    return None
+    if not must:
+        return None
+    idx = np.array(np.unravel_index(int(np.argmax(edt)), edt.shape))
+    return idx + origin, max(min(r, float(edt[tuple(idx)]) - 0.5), _MIN_RADIUS_3D)
 
 
 def make_volumes(
@@ -720,7 +742,8 @@ def make_volumes(
         positive = bool(rng.random() < nodule_fraction)
         img, inst, lung, nods = _volume(rng, full, positive, max_nodules)
         sd = rng.uniform(15.0, 40.0)
-        noise = ndimage.gaussian_filter(rng.standard_normal(full, dtype=np.float32), _NOISE_SIGMA, mode="wrap")
+        white = rng.standard_normal(full, dtype=np.float32)
+        noise = ndimage.gaussian_filter(white, _NOISE_SIGMA, mode="wrap")
         images[i] = ndimage.gaussian_filter(img, _PSF_SIGMA, mode="nearest") + noise * (sd / gain)
         masks[i], lungs[i] = inst, lung
         k = len(nods)

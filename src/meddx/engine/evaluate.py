@@ -15,7 +15,7 @@ from meddx.engine.config import TrainConfig
 from meddx.engine.loop import predict
 from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
-from meddx.tasks import get_task
+from meddx.tasks import task_from_meta
 from meddx.utils.io import atomic_path
 from meddx.utils.runtime import pick_device
 
@@ -37,7 +37,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     model, meta = load_model(ckpt, dev)
     if meta["classes"] != data.class_names:
         raise MeddxError(f"checkpoint classes {meta['classes']} differ from the data's {data.class_names}", ckpt)
-    task = get_task(meta["task"], kind=meta["task_kind"], num_classes=meta["num_outputs"])
+    task = task_from_meta(meta)
     norm = Normalization(**meta["normalization"])
     part = getattr(data, split)
     y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,

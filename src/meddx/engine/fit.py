@@ -11,16 +11,15 @@ import numpy as np
 import torch
 
 from meddx.data import DataBundle, load_data
-from meddx.data.augment import Normalization, policy_for, POLICIES
+from meddx.data.augment import POLICIES, Normalization, policy_for
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from meddx.engine.config import TrainConfig, auto_epochs
-from meddx.engine.loop import predict, train_one_epoch
+from meddx.engine.loop import train_one_epoch
 from meddx.engine.progress import EpochProgress
 from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
 from meddx.models import create_model, get_model_spec, load_pretrained
-from meddx.tasks import get_task
-from meddx.tasks.classification import balanced_class_weights
+from meddx.tasks import task_for_training
 from meddx.utils.runtime import pick_device, seed_everything
 
 
@@ -73,9 +72,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
-    task = get_task(cfg.task, kind=data.task, num_classes=data.num_classes,
-                    class_weights=balanced_class_weights(data.train.labels, data.task, data.num_classes)
-                    if cfg.class_weights else None, label_smoothing=cfg.label_smoothing)
+    task = task_for_training(cfg, data)
     norm = Normalization.fit(data.train.images)
     policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
                                                  else POLICIES.get(cfg.augment))
@@ -130,10 +127,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
                                     device=device, policy=policy, generator=gen, amp=cfg.amp,
                                     on_step=bar.step, ema=ema)
             eval_model = ema.module if ema is not None else model
-            y_score, val_loss = predict(eval_model, data.val.images, task, norm, batch_size=cfg.eval_batch_size,
-                                        device=device, amp=cfg.amp, labels=data.val.labels)
-            val = task.quick_metrics(data.val.labels.numpy(), y_score)
-            row = {"epoch": epoch, **stats, "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()},
+            val = task.validate(eval_model, data.val, norm, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp)
+            row = {"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items()},
                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - tic, 3)}
             history.append(row)
             score = val[task.monitor]

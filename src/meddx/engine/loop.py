@@ -1,7 +1,9 @@
 """The plain training loop: ``train_one_epoch`` and ``predict``, like torchvision's reference scripts.
 
 Batches are slices of in-memory tensors (no DataLoader, no per-sample Python), normalised and
-augmented on the device in one call per batch.
+augmented on the device in one call per batch. The loop is the same for every task: the task
+builds the batch (``task.make_batch``: images and targets, augmented together) and computes the
+loss (``task.training_loss(model, x, y)``), so classification, segmentation and detection share it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from meddx.data.augment import AugmentPolicy, Normalization, random_affine
+from meddx.data.augment import AugmentPolicy, Normalization
 from meddx.data.dataset import Split
 from meddx.tasks import Task
 
@@ -44,12 +46,9 @@ def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch
     model.train()
     total, count = 0.0, 0
     for step, idx in enumerate(batches(len(split), batch_size, generator, drop_last=True)):
-        x = normalize(split.images[idx].to(device, non_blocking=True))
-        y = split.labels[idx].to(device, non_blocking=True)
-        if policy is not None:
-            x = random_affine(x, policy, generator)
+        x, y = task.make_batch(split, idx, normalize, device, policy, generator)
         with autocast_for(device, amp):
-            loss = task.loss(model(x), y)
+            loss = task.training_loss(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

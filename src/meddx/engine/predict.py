@@ -14,7 +14,7 @@ from meddx.engine.checkpoint import load_model
 from meddx.engine.loop import predict
 from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
-from meddx.tasks import get_task
+from meddx.tasks import task_from_meta
 from meddx.utils.runtime import pick_device
 
 
@@ -27,7 +27,7 @@ class Predictor:
             path = RunDir.open(path).checkpoint("best")
         self.device = pick_device(device)
         self.model, self.meta = load_model(path, self.device)
-        self.task = get_task(self.meta["task"], kind=self.meta["task_kind"], num_classes=self.meta["num_outputs"])
+        self.task = task_from_meta(self.meta)
         self.norm = Normalization(**self.meta["normalization"])
         self.classes: list[str] = self.meta["classes"]
 

@@ -47,8 +47,10 @@ class EpochProgress:
             mark = " [green]*best[/green]" if improved else ""
             acc = row.get("val_acc")
             acc_txt = f"  val acc {acc:.4f}" if acc is not None else ""
+            vloss = row.get("val_loss")
+            vloss_txt = f"val loss {vloss:.4f}  " if vloss is not None else ""
             self.console.print(f"epoch {row['epoch'] + 1:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
-                               f"val loss {row['val_loss']:.4f}  val {monitor} {value:.4f}{acc_txt}  "
+                               f"{vloss_txt}val {monitor} {value:.4f}{acc_txt}  "
                                f"{row['seconds']:.1f}s{mark}")
 
     def note(self, text: str) -> None:

@@ -19,7 +19,7 @@ from meddx.errors import MeddxError
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    builder: str  # "module:function" under meddx.models, called as fn(in_channels, num_classes, input_size, spatial_dims)
+    builder: str  # "module:function" under meddx.models: fn(in_channels, num_classes, input_size, spatial_dims)
     summary: str
     source: str  # the library the network comes from
     target_layer: str  # default layer for CAM methods (dotted module path)
@@ -28,8 +28,9 @@ class ModelSpec:
 
 
 _SPECS = (
-    ModelSpec("seednet", "seednet:build", "classic two-conv CNN (conv-relu-conv-relu-maxpool-dropout-fc-relu-dropout-fc)",
-              "torch.nn", "features", "classifier.fc2", (2, 3)),
+    ModelSpec("seednet", "seednet:build",
+              "classic two-conv CNN (conv-relu-conv-relu-maxpool-dropout-fc-relu-dropout-fc)", "torch.nn",
+              "features", "classifier.fc2", (2, 3)),
     ModelSpec("resnet18_slim", "monai_resnet:build_resnet18_slim",
               "ResNet-18 layout at 1/4 width, 3x3 stride-1 stem (fast default for 28-64 px, 2D and 3D)",
               "MONAI", "layer4", "fc", (2, 3)),

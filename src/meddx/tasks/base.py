@@ -7,17 +7,32 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn as nn
 
+from meddx.data.augment import AugmentPolicy, Normalization
+from meddx.data.dataset import Split
 from meddx.errors import MeddxError
 
 
 class Task(Protocol):
-    """What the engine needs from a task; one small file per task implements it."""
+    """What the engine needs from a task; one small file per task implements it.
+
+    Training: ``make_batch`` (images + targets of one batch, normalised and augmented together) and
+    ``training_loss(model, x, y)``. Validation and testing: ``validate`` (the metrics the loop monitors)
+    and ``full_metrics``. Classification also offers ``probabilities`` for ``engine.loop.predict``.
+    """
 
     name: str
     monitor: str  # metric used for early stopping / best checkpoint (higher is better)
+    num_outputs: int
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
+                   policy: AugmentPolicy | None, generator: torch.Generator | None) -> tuple[Any, Any]: ...
+
+    def training_loss(self, model: nn.Module, x: Any, y: Any) -> torch.Tensor: ...
+
+    def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
+                 batch_size: int, amp: bool = False) -> dict[str, float]: ...
 
     def probabilities(self, output: torch.Tensor) -> torch.Tensor: ...
 
@@ -33,9 +48,23 @@ _TASKS = {
 }
 
 
-def get_task(name: str, **kwargs: Any) -> Task:
-    """Build the task ``name`` (``classification``, ...)."""
+def task_class(name: str) -> type:
     if name not in _TASKS:
         raise MeddxError(f"unknown task {name!r}; available: {', '.join(_TASKS)}")
     module, cls = _TASKS[name].split(":")
-    return getattr(importlib.import_module(f"meddx.tasks.{module}"), cls)(**kwargs)
+    return getattr(importlib.import_module(f"meddx.tasks.{module}"), cls)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build the task ``name`` (``classification``, ...) from keyword arguments."""
+    return task_class(name)(**kwargs)
+
+
+def task_for_training(cfg: Any, data: Any) -> Task:
+    """The task a ``TrainConfig`` asks for, sized to ``data`` (``cls.from_config(cfg, data)``)."""
+    return task_class(cfg.task).from_config(cfg, data)
+
+
+def task_from_meta(meta: dict[str, Any]) -> Task:
+    """The task stored in a checkpoint's metadata (``cls.from_meta(meta)``)."""
+    return task_class(meta["task"]).from_meta(meta)

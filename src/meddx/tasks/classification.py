@@ -6,8 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from meddx.data.augment import AugmentPolicy, Normalization, random_affine
+from meddx.data.dataset import Split
 from meddx.errors import MeddxError
 
 MULTI_LABEL = "multi-label, binary-class"
@@ -33,9 +36,39 @@ class ClassificationTask:
         self.class_weights = class_weights
         self.label_smoothing = label_smoothing
 
+    @classmethod
+    def from_config(cls, cfg: Any, data: Any) -> ClassificationTask:
+        weights = balanced_class_weights(data.train.labels, data.task, data.num_classes) if cfg.class_weights else None
+        return cls(data.task, data.num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> ClassificationTask:
+        return cls(meta["task_kind"], meta["num_outputs"])
+
     @property
     def num_outputs(self) -> int:
         return self.num_classes
+
+    def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
+                   policy: AugmentPolicy | None,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images normalised and (if ``policy``) randomly transformed per sample; labels unchanged."""
+        x = normalize(split.images[idx].to(device, non_blocking=True))
+        if policy is not None:
+            x = random_affine(x, policy, generator)
+        return x, split.labels[idx].to(device, non_blocking=True)
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(model(x), y)
+
+    def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
+                 batch_size: int, amp: bool = False) -> dict[str, float]:
+        """Validation loss, AUC and ACC (the monitored metric is AUC)."""
+        from meddx.engine.loop import predict
+
+        y_score, loss = predict(model, split.images, self, normalize, batch_size=batch_size, device=device, amp=amp,
+                                labels=split.labels)
+        return {"loss": float(loss or 0.0), **self.quick_metrics(split.labels.numpy(), y_score)}
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.class_weights.to(output.device) if self.class_weights is not None else None
