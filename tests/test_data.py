@@ -159,3 +159,22 @@ def test_normalization_and_affine():
     assert torch.equal(random_affine(z, POLICIES["none"]), z)
     vol = torch.randn(2, 1, 8, 8, 8)
     assert random_affine(vol, POLICIES["ct"], g).shape == vol.shape
+
+
+def test_download_from_local_url_verifies_checksum(tmp_path, monkeypatch):
+    """The real download path, fed from a local file:// URL (no network here)."""
+    import copy
+
+    from meddx.data import medmnist as mm
+
+    src = write_fake_medmnist(tmp_path / "src.npz")
+    info = copy.deepcopy(mm.medmnist_info())
+    info["breastmnist"]["files"]["28"] = {"url": src.resolve().as_uri(), "md5": mm.md5sum(src)}
+    monkeypatch.setattr(mm, "medmnist_info", lambda: info)
+    dest = tmp_path / "cache"
+    got = find_medmnist("breastmnist", 28, dest, download=True)
+    assert got == dest / "breastmnist.npz" and mm.md5sum(got) == mm.md5sum(src)
+    info["breastmnist"]["files"]["64"] = {"url": src.resolve().as_uri(), "md5": "0" * 32}
+    with pytest.raises(MeddxError, match="checksum mismatch"):
+        find_medmnist("breastmnist", 64, dest, download=True)
+    assert not (dest / "breastmnist_64.npz").exists()

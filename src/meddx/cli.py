@@ -94,6 +94,10 @@ def _evaluate_and_print(run_path: Path, split: str = "test", n_bootstrap: int = 
 
     m = evaluate_run(run_path, split=split, n_bootstrap=n_bootstrap)
     console = _console()
+    if "headline" in m:  # segmentation/detection metrics describe themselves in one line
+        console.print(f"{split}: {m['headline']}")
+        console.print(f"report: {Path(run_path) / 'report.html'}")
+        return m
     acc_ci, auc_ci = m.get("acc_ci") or [float("nan")] * 2, m.get("auc_ci") or [float("nan")] * 2
     console.print(f"{split}: ACC {m['acc']:.4f} (95% CI {acc_ci[0]:.3f}-{acc_ci[1]:.3f})  "
                   f"AUC {m['auc']:.4f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})  n={m.get('n')}")
@@ -116,15 +120,17 @@ def evaluate(
 @user_errors
 def predict(
     run: Path = typer.Argument(..., help="run folder or .safetensors checkpoint"),
-    images: list[Path] = typer.Argument(..., help="PNG/JPEG/.npy files"),
+    images: list[Path] = typer.Argument(..., help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     device: str = typer.Option("auto"),
+    runtime: str = typer.Option("torch", help="torch | onnx (ONNX Runtime on the run's exported model.onnx)"),
+    out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
 ) -> None:
-    """Predict classes and probabilities for image files."""
+    """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.engine.predict import Predictor
 
-    results = Predictor(run, device=device).predict_files(list(images))
-    if as_json:
+    results = Predictor(run, device=device, runtime=runtime).predict_files(list(images), out_dir=out)
+    if as_json or "probabilities" not in results[0]:
         typer.echo(json.dumps(results, indent=2))
         return
     from rich.table import Table

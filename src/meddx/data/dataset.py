@@ -15,6 +15,8 @@ import torch
 from meddx.errors import MeddxError
 
 TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
+SEGMENTATION = "segmentation"  # task kind of bundles whose labels are dense masks (N, 1, *spatial)
+DETECTION = "detection"  # task kind of bundles whose labels are one {"boxes", "labels"} dict per image
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Split:
     def subset(self, index: np.ndarray | torch.Tensor) -> Split:
         idx = torch.as_tensor(index, dtype=torch.long)
         ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
+        if isinstance(self.labels, list):  # detection: one dict of boxes per image
+            return Split(self.images[idx], [self.labels[i] for i in idx.tolist()], ids)
         return Split(self.images[idx], self.labels[idx], ids)
 
 
@@ -49,11 +53,15 @@ class DataBundle:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise MeddxError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}", self.source)
+        if self.task not in TASKS + (SEGMENTATION, DETECTION):
+            raise MeddxError(f"unknown task {self.task!r}; expected one of "
+                             f"{', '.join(TASKS + (SEGMENTATION, DETECTION))}", self.source)
         for split_name in ("train", "val", "test"):
-            validate_split(getattr(self, split_name), self.task, len(self.class_names),
-                           f"{self.source or self.name} [{split_name}]")
+            check = validate_segmentation_split if self.task == SEGMENTATION else validate_split
+            if self.task == DETECTION:
+                from meddx.data.detection import validate_detection_split as check
+            check(getattr(self, split_name), self.task, len(self.class_names),
+                  f"{self.source or self.name} [{split_name}]")
 
     @property
     def in_channels(self) -> int:
@@ -104,6 +112,26 @@ def validate_split(split: Split, task: str, num_classes: int, where: str) -> Non
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise MeddxError(f"label {bad} out of range for {num_classes} classes", where)
+
+
+def validate_segmentation_split(split: Split, task: str, num_classes: int, where: str) -> None:
+    """Masks must be (N, 1, *spatial) integers in [0, num_classes) with the images' spatial shape."""
+    x, y = split.images, split.labels
+    if x.ndim not in (4, 5):
+        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
+    if y.ndim != x.ndim or y.shape[1] != 1:
+        raise MeddxError(f"masks must be (N, 1, *spatial) for images of shape {tuple(x.shape)}, got "
+                         f"{tuple(y.shape)}", where)
+    if x.shape[0] != y.shape[0]:
+        raise MeddxError(f"{x.shape[0]} images but {y.shape[0]} masks", where)
+    if tuple(x.shape[2:]) != tuple(y.shape[2:]):
+        raise MeddxError(f"mask shape {tuple(y.shape[2:])} does not match image shape {tuple(x.shape[2:])}", where)
+    if y.is_floating_point():
+        raise MeddxError("masks must hold integer class ids", where)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise MeddxError("images contain NaN or infinite values", where)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise MeddxError(f"mask value {int(y.max())} out of range for {num_classes} classes", where)
 
 
 def labels_from_array(labels: np.ndarray, task: str) -> torch.Tensor:

@@ -19,11 +19,19 @@ PHANTOM_SIZE = 48
 
 
 def load_data(spec: str, *, data_dir: str | None = None, size: int | None = None, seed: int = 0,
-              download: bool = True) -> DataBundle:
-    """Resolve ``spec`` to an in-memory :class:`DataBundle`."""
+              download: bool = True, task: str = "classification") -> DataBundle:
+    """Resolve ``spec`` to an in-memory :class:`DataBundle` for ``task`` (classification, segmentation, ...)."""
     from meddx.data.folder import load_csv_manifest, load_image_folder
     from meddx.data.medmnist import find_medmnist, load_medmnist, medmnist_info
 
+    if task == "segmentation":
+        from meddx.data.segdata import load_segmentation
+
+        return load_segmentation(spec, size=size, seed=seed)
+    if task == "detection":
+        from meddx.data.detection import load_detection_data
+
+        return load_detection_data(spec, size=size, seed=seed)
     path = Path(spec).expanduser()
     if spec == "phantom":
         return load_phantom(size=size or PHANTOM_SIZE, seed=seed)

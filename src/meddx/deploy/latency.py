@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 
@@ -87,5 +86,3 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return {"params": int(total), "nonzero_params": int(nonzero)}
 
-
-__all__ = ["measure_latency", "file_mb", "zipped_mb", "count_parameters", "np"]

@@ -16,6 +16,7 @@ and the fp32 weights go through the same ORT static quantization as PTQ.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,13 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: lis
                   method: str = "minmax", per_channel: bool = True) -> Path:
     """ORT static quantization (QDQ, int8 weights per channel, uint8 activations) of an exported meddx model."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from meddx.deploy.onnx_export import read_meta, set_meta
@@ -73,7 +79,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: lis
 
     meta = read_meta(fp32_path)
     int8_path = Path(int8_path)
-    with atomic_path(int8_path.with_suffix(".pre.onnx")) as pre, atomic_path(int8_path) as tmp:
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as work, atomic_path(int8_path) as tmp:
+        pre = Path(work) / "preprocessed.onnx"  # shape inference + ORT graph optimisation, as ORT recommends
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
         proto = onnx.load(str(pre))
         # Keep the output activation (softmax/sigmoid) in float: quantizing probabilities costs accuracy for nothing.
@@ -89,7 +96,6 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: lis
                                                "calibration": method,
                                                "calibration_images": int(sum(len(b) for b in calibration))}})
         onnx.save(out, str(tmp))
-        Path(pre).unlink(missing_ok=True)
     return int8_path
 
 

@@ -90,6 +90,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     tensors, meta, _ = read_checkpoint(path)
     model = create_model(meta["model"], meta["in_channels"], meta["num_outputs"], meta["input_size"],
                          meta.get("spatial_dims", 2))
+    if meta.get("pruned_shapes"):  # structurally pruned (meddx compress): resize the layers first
+        from meddx.deploy.prune import apply_pruned_shapes
+
+        apply_pruned_shapes(model, meta["pruned_shapes"])
     try:
         model.load_state_dict(model_state(tensors))
     except RuntimeError as exc:

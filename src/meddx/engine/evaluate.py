@@ -21,7 +21,11 @@ from meddx.utils.runtime import pick_device
 
 # Extra report sections, each "module:function" called as fn(context) -> ReportSection | None.
 # Other capabilities (explanations, segmentation overlays) add one line here.
-REPORT_SECTIONS: tuple[str, ...] = ()
+REPORT_SECTIONS: tuple[str, ...] = (
+    "meddx.explain.report_section:heatmap_section",
+    "meddx.report.segmentation:metrics_section",
+    "meddx.report.segmentation:overlay_section",
+)
 
 
 def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1000,
@@ -32,7 +36,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     if split not in ("train", "val", "test"):
         raise MeddxError(f"split must be train, val or test, got {split!r}")
     dev = pick_device(device if device != "auto" else cfg.device)
-    data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
+    data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     ckpt = run.checkpoint("best")
     model, meta = load_model(ckpt, dev)
     if meta["classes"] != data.class_names:
@@ -40,6 +44,17 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     task = task_from_meta(meta)
     norm = Normalization(**meta["normalization"])
     part = getattr(data, split)
+    if hasattr(task, "evaluate"):  # segmentation/detection: the task scores the split and writes its outputs
+        metrics, context = task.evaluate(model, part, norm, device=dev, batch_size=cfg.eval_batch_size,
+                                         class_names=data.class_names, n_bootstrap=n_bootstrap, out_dir=run.path,
+                                         split_name=split)
+        metrics.update({"split": split, "checkpoint": ckpt.name, "epoch": meta["epoch"], "dataset": data.name,
+                        "model": meta["model"]})
+        run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
+        if report:
+            write_run_report(run, cfg, data, metrics, {"model": model, "meta": meta, "split": split,
+                                                       "device": dev, **context})
+        return metrics
     y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,
                             labels=part.labels)
     y_true = part.labels.numpy()

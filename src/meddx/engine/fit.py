@@ -18,7 +18,7 @@ from meddx.engine.loop import train_one_epoch
 from meddx.engine.progress import EpochProgress
 from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
-from meddx.models import create_model, get_model_spec, load_pretrained
+from meddx.models import DEFAULT_MODEL, create_model, get_model_spec, load_pretrained
 from meddx.tasks import task_for_training
 from meddx.utils.runtime import pick_device, seed_everything
 
@@ -57,6 +57,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, tas
         "image_shape": list(data.image_size), "spatial_dims": data.spatial_dims, "normalization": norm.to_dict(),
         "modality": data.modality, "dataset": data.name, "epoch": epoch, "monitor_value": metric,
         "input_dtype": str(data.train.images.dtype).replace("torch.", ""),
+        "spacing": data.extra.get("spacing"),  # mm per pixel/voxel where known (segmentation resamples to it)
     }
 
 
@@ -71,8 +72,10 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
         run = None
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
+    data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     task = task_for_training(cfg, data)
+    if cfg.model == DEFAULT_MODEL and getattr(task, "default_model", None):  # e.g. detection: a detector
+        cfg.model = task.default_model
     norm = Normalization.fit(data.train.images)
     policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
                                                  else POLICIES.get(cfg.augment))

@@ -21,8 +21,17 @@ from meddx.utils.runtime import pick_device
 class Predictor:
     """Loads a checkpoint once; ``predict_files`` returns one dict per image."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
         path = Path(checkpoint)
+        self.onnx = None
+        if runtime not in ("torch", "onnx"):
+            raise MeddxError(f"runtime must be torch or onnx, got {runtime!r}")
+        if runtime == "onnx":  # ONNX Runtime on CPU; preprocessing is inside the exported graph
+            from meddx.deploy.onnx_export import OnnxPredictor
+
+            self.onnx = OnnxPredictor(path)
+            self.meta, self.classes = self.onnx.meta, self.onnx.meta["classes"]
+            return
         if path.is_dir():
             path = RunDir.open(path).checkpoint("best")
         self.device = pick_device(device)
@@ -53,10 +62,15 @@ class Predictor:
         return img
 
     def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.predict(images)
         y_score, _ = predict(self.model, images, self.task, self.norm, device=self.device)
         return y_score
 
-    def predict_files(self, paths: list[str | Path]) -> list[dict[str, Any]]:
+    def predict_files(self, paths: list[str | Path], out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """One dict per file; tasks with file outputs (segmentation masks) write them to ``out_dir``."""
+        if self.onnx is None and hasattr(self.task, "predict_files"):
+            return self.task.predict_files(self, paths, out_dir)
         if not paths:
             raise MeddxError("no image files given")
         images = torch.stack([self.load_image(p) for p in paths])

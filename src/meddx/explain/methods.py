@@ -47,6 +47,7 @@ class Method:
     supports_3d: bool
     summary: str
     run: Callable[..., torch.Tensor]  # (model, x, targets, layer, options) -> (N, *spatial) raw map
+    class_agnostic: bool = False  # the map ignores the target class (Eigen-CAM); targets are still checked
 
     @property
     def needs_layer(self) -> bool:
@@ -170,11 +171,15 @@ def default_layer_name(model: nn.Module, model_name: str | None = None) -> str:
     from meddx.models.registry import REGISTRY, get_model_spec
 
     if model_name:
-        return get_model_spec(model_name).target_layer
+        spec = get_model_spec(model_name)
+        if not spec.target_layer:
+            raise MeddxError(f"model {model_name!r} declares no CAM layer (explanations are for classifiers); "
+                             "pass layer=")
+        return spec.target_layer
     top = type(model).__module__.split(".")[0]
     found = set()
     for spec in REGISTRY.values():
-        if _SOURCE_MODULES.get(spec.source, spec.source) != top:
+        if not spec.target_layer or not spec.head or _SOURCE_MODULES.get(spec.source, spec.source) != top:
             continue
         try:
             model.get_submodule(spec.target_layer)
@@ -326,12 +331,12 @@ def _saliency(model, x, targets, layer, options):
     from captum.attr import Saliency
 
     t = _forward_targets(model, x, targets)
-    return Saliency(model).attribute(x.clone(), target=t, abs=True).detach().amax(1)
+    return Saliency(model).attribute(x.clone().requires_grad_(True), target=t, abs=True).detach().amax(1)
 
 
 def occlusion_window(shape: Sequence[int]) -> tuple[int, int]:
-    """(window, stride) in pixels for occlusion: about 1/8 of the image side, half-overlapping."""
-    window = max(2, round(min(shape) / 8))
+    """(window, stride) for occlusion: 1/8 of the side in 2D, 1/4 in 3D (bounds the forwards), half-overlapping."""
+    window = max(2, round(min(shape) / (8 if len(shape) == 2 else 4)))
     return window, max(1, window // 2)
 
 
@@ -366,12 +371,12 @@ _TABLE = (
     Method("scorecam", "Score-CAM", "cam", True, "weights = class score of the input masked by each channel "
            "(one forward per channel; slow)", _score_cam),
     Method("eigencam", "Eigen-CAM", "cam", True, "first principal component of the activations (class-agnostic, "
-           "no gradients; sign is arbitrary)", _cam_runner(f"{_GC}:EigenCAM")),
+           "no gradients; sign is arbitrary)", _cam_runner(f"{_GC}:EigenCAM"), class_agnostic=True),
     Method("integrated_gradients", "Integrated Gradients", "gradient", True,
            "|path integral of input gradients| from a mean-image baseline, 32 steps (captum)", _integrated_gradients),
     Method("saliency", "Saliency", "gradient", True, "max |input gradient| over channels (captum)", _saliency),
-    Method("occlusion", "Occlusion", "perturbation", True, "score drop when a sliding patch (1/8 of the side) "
-           "is set to the mean (captum; many forwards, slow in 3D)", _occlusion),
+    Method("occlusion", "Occlusion", "perturbation", True, "score drop when a sliding patch "
+           "(1/8 of the side, 1/4 in 3D) is set to the mean (captum; many forwards, slow in 3D)", _occlusion),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 _ALIASES = {"gradcampp": "gradcam++", "gradcam_plusplus": "gradcam++", "grad-cam": "gradcam",
@@ -435,6 +440,8 @@ def explain(model: nn.Module, images: Any, target: Any = None, method: str = DEF
     with model_guard(model):
         for i in range(0, x_all.shape[0], batch_size):
             x = x_all[i:i + batch_size].clone()
+            if spec.class_agnostic and any(t is not None for t in targets):
+                _forward_targets(model, x, targets[i:i + batch_size])  # range check only
             raw = spec.run(model, x, targets[i:i + batch_size], module, options)
             out.append(normalize_maps(_to_input_size(raw.detach().float().cpu(), spatial)))
     return torch.cat(out).numpy()

@@ -25,6 +25,7 @@ class ModelSpec:
     target_layer: str  # default layer for CAM methods (dotted module path)
     head: str  # dotted path of the classifier module replaced by transfer learning
     spatial_dims: tuple[int, ...] = (2,)
+    kind: str = "classifier"  # classifier | segmenter | detector (segmenters/detectors have no head: "")
 
 
 _SPECS = (
@@ -44,14 +45,21 @@ _SPECS = (
               "conv5", "fc"),
     ModelSpec("efficientnet_b0", "timm_nets:build_efficientnet_b0", "EfficientNet-B0", "timm", "conv_head",
               "classifier"),
+    ModelSpec("unet", "monai_seg:build_unet", "U-Net, residual units, 16-128 channels (segmentation, 2D/3D)",
+              "MONAI", "", "", (2, 3), "segmenter"),
+    ModelSpec("segresnet", "monai_seg:build_segresnet", "SegResNet, 8 initial filters (segmentation, 2D/3D)",
+              "MONAI", "", "", (2, 3), "segmenter"),
+    ModelSpec("centernet_slim", "detectors:build_centernet_slim",
+              "CenterNet heat-map detector, narrow ResNet encoder + FPN (2D stride 4, 3D stride 2)", "torch.nn",
+              "", "", (2, 3), "detector"),
 )
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 DEFAULT_MODEL = "resnet18_slim"
 
 
-def list_models() -> list[str]:
-    """Names of all registered models."""
-    return list(REGISTRY)
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of all registered models (only those of ``kind``: classifier, segmenter, detector, if given)."""
+    return [name for name, spec in REGISTRY.items() if kind is None or spec.kind == kind]
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -514,11 +514,12 @@ def render_report(
     """
     names = list(class_names if class_names is not None else metrics.get("class_names") or [])
     extra = "".join(f'<section class="extra"><h2>{escape(s.title)}</h2>{s.html}</section>' for s in sections)
+    classification = "acc" in metrics or "auc" in metrics  # segmentation/detection bring their own sections
     body = "".join(
         [
             _header(title, run_info, metrics),
-            _headline(metrics, names),
-            _per_class_table(metrics),
+            _headline(metrics, names) if classification else "",
+            _per_class_table(metrics) if classification else "",
             _confusion_section(metrics, names),
             _roc_section(metrics, names),
             _calibration_section(metrics),

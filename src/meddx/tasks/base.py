@@ -45,6 +45,8 @@ class Task(Protocol):
 # name -> "module:factory"; factories take the data set's task string and class count.
 _TASKS = {
     "classification": "classification:ClassificationTask",
+    "segmentation": "segmentation:SegmentationTask",
+    "detection": "detection:DetectionTask",
 }
 
 

@@ -1,0 +1,229 @@
+"""Compression benchmark (issue #5): fp32 ResNet-18 vs pruned, int8 (PTQ/QAT), ONNX and efficient architectures.
+
+For each data set (BreastMNIST, PneumoniaMNIST from ../shared/datasets) this trains ResNet-18 and the efficient
+architectures with the same short recipe, compresses the ResNet-18 run with `meddx compress` / `meddx export`
+(the library functions behind them), and measures every row in the same process: test ACC/AUC, the change vs
+fp32, file size, latency at batch 1 and images/s at batch 64 on 2 CPU threads (raw uint8 image in,
+probabilities out, preprocessing included in every row). The fp32 baseline is timed first and again last to
+show how much the shared machine drifted during the run.
+
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py                 # both data sets (~30-40 min CPU)
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --quick --datasets breastmnist   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import SHARED, print_json, print_table  # noqa: E402
+
+# Training/fine-tune budgets per data set (CPU: full ResNet-18 trains at ~40 img/s on 28 px here).
+BUDGETS: dict[str, dict[str, Any]] = {
+    "breastmnist": {"epochs": 12, "max_minutes": 5.0, "ft_epochs": 3, "ft_max_train": None, "qat_epochs": 2,
+                    "qat_max_train": None},
+    "pneumoniamnist": {"epochs": 3, "max_minutes": 8.0, "ft_epochs": 1, "ft_max_train": 2000, "qat_epochs": 1,
+                       "qat_max_train": 1500},
+}
+QUICK = {"epochs": 1, "max_minutes": 1.0, "ft_epochs": 1, "ft_max_train": 256, "qat_epochs": 1,
+         "qat_max_train": 256}
+EFFICIENT = ("mobilenet_v3_small", "shufflenet_v2", "efficientnet_b0")
+COLUMNS = ["row", "runtime", "acc", "auc", "d_acc", "d_auc", "size_mb", "zip_mb", "params", "sparsity",
+           "lat_b1_ms", "img_s_b64", "speedup_b64", "seconds"]
+
+
+def ort_kernels(path: Path, workdir: Path) -> str:
+    """The op types ONNX Runtime actually runs after its graph optimisations (which int8 kernels were used)."""
+    from collections import Counter
+
+    import onnx
+
+    from meddx.deploy.onnx_export import ort_session
+
+    opt = workdir / f"{path.stem}.optimized.onnx"
+    ort_session(path, threads=2, optimized_path=opt)
+    ops = Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+    opt.unlink(missing_ok=True)
+    return " ".join(f"{k}x{v}" for k, v in ops.most_common(6))
+
+
+def measure_torch(run: Path, example) -> dict[str, float]:
+    from meddx.deploy.latency import measure_latency
+    from meddx.deploy.onnx_export import wrap_for_deploy
+    from meddx.engine.checkpoint import load_model
+
+    model, meta = load_model(run / "best.safetensors")
+    return measure_latency(wrap_for_deploy(model, meta), example, threads=2)
+
+
+def measure_onnx(path: Path, example) -> dict[str, float]:
+    from meddx.deploy.latency import measure_latency
+    from meddx.deploy.onnx_export import ort_session
+
+    return measure_latency(ort_session(path, threads=2), example, threads=2)
+
+
+def test_metrics(task, y_true, y_score) -> dict[str, float]:
+    return task.quick_metrics(y_true, y_score)
+
+
+def bench_dataset(name: str, out: Path, budget: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch
+
+    from meddx.data import load_data
+    from meddx.deploy.compress import compress_run, export_run
+    from meddx.deploy.latency import count_parameters, file_mb, zipped_mb
+    from meddx.deploy.onnx_export import OnnxPredictor
+    from meddx.deploy.prune import weight_sparsity
+    from meddx.engine.checkpoint import load_model
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.fit import fit
+    from meddx.engine.loop import predict
+    from meddx.tasks import task_from_meta
+
+    npz = SHARED / name / f"{name}.npz"
+    data = load_data(str(npz))
+    y_true = data.test.labels.numpy()
+    example = data.test.images[:1]
+    rows: list[dict[str, Any]] = []
+
+    def train(model_name: str) -> tuple[Path, float]:
+        tic = time.time()
+        cfg = TrainConfig(data=str(npz), model=model_name, epochs=budget["epochs"], max_minutes=budget["max_minutes"],
+                          out=str(out), name=f"{name}-{model_name}", progress=False)
+        run = fit(cfg, data=data).path
+        return run, time.time() - tic
+
+    def torch_row(label: str, run: Path, seconds: float, base: dict[str, Any] | None) -> dict[str, Any]:
+        model, meta = load_model(run / "best.safetensors")
+        task = task_from_meta(meta)
+        y_score, _ = predict(model, data.test.images, task, _norm(meta), batch_size=512)
+        m = test_metrics(task, y_true, y_score)
+        lat = measure_torch(run, example)
+        size = file_mb(run / "best.safetensors")
+        row = {"row": label, "runtime": f"torch fp32 ({torch.backends.cpu.get_cpu_capability()})", **m,
+               "size_mb": size, "params": count_parameters(model)["nonzero_params"],
+               "total_params": count_parameters(model)["params"], "sparsity": weight_sparsity(model),
+               "lat_b1_ms": lat["latency_ms"], "img_s_b64": lat["images_per_s"], "seconds": round(seconds, 1)}
+        if "-prune" in run.name and "structured" not in run.name:
+            row["zip_mb"] = zipped_mb(run / "best.safetensors")
+        return _with_deltas(row, base)
+
+    def onnx_row(label: str, path: Path, seconds: float, base: dict[str, Any], runtime: str) -> dict[str, Any]:
+        y_score = OnnxPredictor(path).predict(data.test.images)
+        task = task_from_meta(OnnxPredictor(path).meta)
+        m = test_metrics(task, y_true, y_score)
+        lat = measure_onnx(path, example)
+        row = {"row": label, "runtime": runtime, **m, "size_mb": file_mb(path), "lat_b1_ms": lat["latency_ms"],
+               "img_s_b64": lat["images_per_s"], "seconds": round(seconds, 1),
+               "kernels": ort_kernels(path, out)}
+        return _with_deltas(row, base)
+
+    def log(row: dict[str, Any]) -> None:
+        rows.append(row | {"dataset": name})
+        print(f"[{name}] {row['row']}: acc {row['acc']:.4f} auc {row['auc']:.4f} size {row['size_mb']:.2f} MB "
+              f"b1 {row['lat_b1_ms']:.2f} ms b64 {row['img_s_b64']:.0f} img/s ({row['seconds']:.0f} s)"
+              + (f" kernels: {row['kernels']}" if row.get("kernels") else ""), flush=True)
+
+    fp32_run, sec = train("resnet18")
+    base = torch_row("fp32 ResNet-18", fp32_run, sec, None)
+    log(base)
+    ft = {"epochs": budget["ft_epochs"], "max_train": budget["ft_max_train"]}
+    for label, method, amount, lr in (("pruned 50% (unstructured)", "prune", 0.5, 2e-4),
+                                      ("pruned 80% (unstructured)", "prune", 0.8, 2e-4),
+                                      ("pruned 50% (structured)", "prune-structured", 0.5, 1e-3),
+                                      ("pruned 80% (structured)", "prune-structured", 0.8, 1e-3)):
+        tic = time.time()
+        run = compress_run(fp32_run, method, amount=amount, lr=lr, out=out, n_bootstrap=0,
+                           name=f"{name}-resnet18-{method}-{int(amount * 100)}", **ft)
+        log(torch_row(label, run.path, time.time() - tic, base))
+    tic = time.time()
+    ptq = compress_run(fp32_run, "ptq", out=out, name=f"{name}-resnet18-ptq", n_bootstrap=0, epochs=0)
+    log(onnx_row("int8 PTQ", ptq.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ static"))
+    tic = time.time()
+    qat = compress_run(fp32_run, "qat", out=out, name=f"{name}-resnet18-qat", n_bootstrap=0,
+                       epochs=budget["qat_epochs"], max_train=budget["qat_max_train"], lr=1e-4)
+    log(onnx_row("int8 QAT", qat.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ (after QAT)"))
+    tic = time.time()
+    exp = export_run(fp32_run, int8=True)
+    sec = time.time() - tic
+    row = onnx_row("ONNX fp32", fp32_run / "model.onnx", sec, base, "ORT fp32")
+    row["onnx_max_abs_diff"] = exp["max_abs_diff"]
+    log(row)
+    log(onnx_row("ONNX int8", fp32_run / "model_int8.onnx", sec, base, "ORT int8 QDQ static"))
+    for arch in EFFICIENT:
+        run, sec = train(arch)
+        log(torch_row(f"{arch} fp32", run, sec, base))
+    again = torch_row("fp32 ResNet-18 (timed again last)", fp32_run, 0.0, base)
+    log(again)
+    return rows
+
+
+def _norm(meta: dict[str, Any]):
+    from meddx.data.augment import Normalization
+
+    return Normalization(**meta["normalization"])
+
+
+def _with_deltas(row: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    if base is None:
+        return row | {"d_acc": 0.0, "d_auc": 0.0, "speedup_b64": 1.0}
+    return row | {"d_acc": row["acc"] - base["acc"], "d_auc": row["auc"] - base["auc"],
+                  "speedup_b64": row["img_s_b64"] / base["img_s_b64"]}
+
+
+def check_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, per data set, from the measured rows."""
+    by = {r["row"]: r for r in rows}
+    int8 = max((by[k] for k in ("int8 PTQ", "int8 QAT", "ONNX int8") if k in by), key=lambda r: r["speedup_b64"])
+    ok_int8 = [k for k in ("int8 PTQ", "int8 QAT", "ONNX int8") if k in by and by[k]["speedup_b64"] >= 2
+               and abs(by[k]["d_acc"]) <= 0.005 and abs(by[k]["d_auc"]) <= 0.005]
+    s50 = by["pruned 50% (structured)"]
+    return {"int8_best_speedup": int8["speedup_b64"], "int8_rows_meeting_all": ok_int8,
+            "structured50_speedup": s50["speedup_b64"], "structured50_d_acc": s50["d_acc"],
+            "structured50_met": s50["speedup_b64"] >= 1.5 and abs(s50["d_acc"]) <= 0.01,
+            "onnx_max_abs_diff": by["ONNX fp32"].get("onnx_max_abs_diff"),
+            "onnx_met": by["ONNX fp32"].get("onnx_max_abs_diff", 1.0) <= 1e-4}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(BUDGETS))
+    p.add_argument("--out", default="/tmp/meddx-bench-compress", help="folder for the benchmark's runs")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (checks the script, not the numbers)")
+    args = p.parse_args(argv)
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), onnxruntime "
+          f"{onnxruntime.__version__} {onnxruntime.get_available_providers()}, 2 threads", flush=True)
+    all_rows, targets = [], {}
+    for name in args.datasets:
+        tic = time.time()
+        budget = QUICK if args.quick else BUDGETS[name]
+        rows = bench_dataset(name, Path(args.out) / ("quick" if args.quick else "full"), budget)
+        targets[name] = check_targets(rows)
+        print_table(rows, COLUMNS, f"{name}: ResNet-18 compression, 2 CPU threads (budget {json.dumps(budget)}, "
+                                   f"{(time.time() - tic) / 60:.1f} min)")
+        for r in rows:
+            if r.get("kernels"):
+                print(f"  {r['row']}: ORT kernels after optimisation: {r['kernels']}")
+        print(f"  targets: {json.dumps(targets[name], default=float)}", flush=True)
+        all_rows += rows
+    print_json([{k: v for k, v in r.items() if k != "kernels"} for r in all_rows])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""``compress_run`` and ``export_run``: a trained run -> a smaller/faster model, with the accuracy change measured.
+
+``compress_run`` writes a NEW run folder beside the source run:
+
+    <new>/config.json, data.json   copied from the source run (so evaluate/predict/explain work on it)
+    <new>/best.safetensors         the compressed PyTorch weights (pruned; QAT-tuned fp32; PTQ: the source's)
+    <new>/model.onnx, model_int8.onnx   ptq/qat: the fp32 export and the int8 ONNX Runtime model
+    <new>/compress.json            what was done: method, options, source, sizes, sparsity, channels, timings
+    <new>/metrics.json             test metrics of the compressed model, beside the source's, and the deltas
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddx.data.augment import POLICIES, Normalization, policy_for
+from meddx.engine.checkpoint import load_model, save_checkpoint
+from meddx.engine.config import TrainConfig
+from meddx.engine.loop import predict, train_one_epoch
+from meddx.engine.run import RunDir
+from meddx.errors import MeddxError
+from meddx.tasks import task_from_meta
+
+METHODS = ("prune", "prune-structured", "ptq", "qat")
+INT8_METHODS = ("ptq", "qat")
+
+
+def _load_run_data(cfg: TrainConfig, data_spec: str | None, why: str | None) -> Any:
+    from meddx.data import load_data
+
+    spec = data_spec or cfg.data
+    try:
+        return load_data(spec, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
+    except MeddxError as exc:
+        if why is None:
+            raise
+        raise MeddxError(f"{why} needs the run's training images as calibration data, which cannot be loaded "
+                         f"({exc}); pass --data with the data set") from None
+
+
+def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, cfg: TrainConfig, *, epochs: int,
+             lr: float, max_train: int | None = None, seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
+    """A short AdamW + cosine fine-tune with the run's augmentation; keeps the state with the best val metric."""
+    if epochs <= 0:
+        return []
+    policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
+                                                 else POLICIES.get(cfg.augment))
+    train = data.train
+    if max_train and max_train < len(train):
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_train])
+    batch = min(cfg.batch_size, len(train))
+    steps = max(1, len(train) // batch) * epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
+    history, best, best_state = [], -np.inf, None
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+        tic = time.time()
+        stats = train_one_epoch(model, train, task, opt, sched, norm, batch_size=batch, device=torch.device(device),
+                                policy=policy, generator=gen)
+        y_score, _ = predict(model, data.val.images, task, norm, batch_size=cfg.eval_batch_size, device=device)
+        val = task.quick_metrics(data.val.labels.numpy(), y_score)
+        history.append({"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items()},
+                        "seconds": round(time.time() - tic, 2)})
+        score = val[task.monitor]
+        if not np.isnan(score) and score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str) -> RunDir:
+    parent = Path(out) if out is not None else src.path.parent
+    run = RunDir.create(parent, name, f"{src.path.name}-{method}")
+    for f in (src.config, src.data):
+        if f.is_file():
+            shutil.copyfile(f, run.path / f.name)
+    return run
+
+
+def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epochs: int = 1,
+                 lr: float = 2e-4, max_train: int | None = None, calibration_samples: int = 512,
+                 calibration: str = "minmax", data_spec: str | None = None, out: str | Path | None = None,
+                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0) -> RunDir:
+    """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
+
+    ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
+    fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most). ``calibration_samples``
+    training images calibrate the int8 ranges (ptq, qat).
+    """
+    from meddx.deploy import onnx_export, prune, quantize
+    from meddx.deploy.latency import count_parameters, file_mb, zipped_mb
+    from meddx.models import get_model_spec
+
+    if method not in METHODS:
+        raise MeddxError(f"unknown compression method {method!r}; available: {', '.join(METHODS)}")
+    src = RunDir.open(run_path)
+    cfg = TrainConfig.load(src.config)
+    ckpt = src.checkpoint("best")
+    model, meta = load_model(ckpt)
+    if method in INT8_METHODS:
+        onnx_export.wrap_for_deploy(model, meta)  # raises a clear error for tasks the int8 path does not support
+    if method == "prune-structured" and meta["model"] in prune.STRUCTURED_UNSUPPORTED:
+        raise MeddxError(f"structured pruning does not support model {meta['model']!r}: "
+                         f"{prune.STRUCTURED_UNSUPPORTED[meta['model']]}", ckpt)
+    if method in INT8_METHODS and calibration_samples < 1:
+        raise MeddxError(f"{method} needs calibration images; --calibration-samples must be >= 1, "
+                         f"got {calibration_samples}")
+    if meta.get("compression", {}).get("method") in INT8_METHODS and method != "prune":
+        raise MeddxError(f"run is already int8-compressed ({meta['compression']['method']}); compress the fp32 run",
+                         src.path)
+    data = _load_run_data(cfg, data_spec, method if method in INT8_METHODS else None)
+    if data.class_names != meta["classes"]:
+        raise MeddxError(f"data classes {data.class_names} differ from the checkpoint's {meta['classes']}", ckpt)
+    task = task_from_meta(meta)
+    norm = Normalization(**meta["normalization"])
+    torch.manual_seed(seed)
+    t0 = time.time()
+    y_true = data.test.labels.numpy()
+    src_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
+    source = task.quick_metrics(y_true, src_score)
+    before = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": file_mb(ckpt)}
+
+    run = _new_run(src, out, name, method)
+    info: dict[str, Any] = {"method": method, "source_run": str(src.path), "source_checkpoint": str(ckpt),
+                            "model": meta["model"], "before": before}
+    history: list[dict[str, Any]] = []
+    if method == "prune":
+        prune.prune_unstructured(model, amount)
+        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        prune.make_permanent(model)
+        info["options"] = {"amount": amount, "scope": "global L1 over Conv/Linear weights"}
+    elif method == "prune-structured":
+        example = norm(data.train.images[:2])
+        info["structure"] = prune.prune_structured(model, meta["model"], amount, example,
+                                                   get_model_spec(meta["model"]).head)
+        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        info["options"] = {"ratio": amount, "importance": "group L2 magnitude (torch-pruning)"}
+    elif method == "qat":
+        handles = quantize.prepare_qat(model)
+        model.eval()
+        with torch.no_grad():  # calibrate the input ranges before the fake quantizers switch on
+            for batch in quantize.calibration_batches(data.train.images, calibration_samples, seed=seed):
+                model(norm(torch.from_numpy(batch)))
+        quantize.enable_act_quant(handles)
+        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        quantize.finish_qat(model, handles)
+        info["options"] = {"fake_quant": "int8 symmetric per-channel weights, uint8 per-tensor Conv/Linear inputs",
+                           "batchnorm": "folded before QAT"}
+    if method != "ptq":
+        info["finetune"] = {"epochs": epochs, "lr": lr, "max_train": max_train, "history": history}
+
+    comp_meta = meta | {"compression": {"method": method, "amount": amount if method.startswith("prune") else None,
+                                        "source": str(ckpt)}}
+    if method == "prune-structured":
+        comp_meta["pruned_shapes"] = prune.pruned_shapes(model)
+    save_checkpoint(run.best, model, comp_meta)
+    model, _ = load_model(run.best)  # prove the compressed checkpoint loads on its own
+    after = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": file_mb(run.best)}
+    info["sparsity"] = prune.weight_sparsity(model)
+    if method == "prune":
+        after["zipped_mb"] = zipped_mb(run.best)
+        before["zipped_mb"] = zipped_mb(ckpt)
+
+    runtime = "torch"
+    if method in INT8_METHODS:
+        fp32 = onnx_export.export_onnx(model, comp_meta, run.path / "model.onnx")
+        info["onnx_max_abs_diff"] = onnx_export.verify_onnx(model, comp_meta, fp32, data.test.images[:64])
+        calib = quantize.calibration_batches(data.train.images, calibration_samples, seed=seed)
+        int8 = quantize.quantize_onnx(fp32, run.path / "model_int8.onnx", calib, method=calibration)
+        y_score = onnx_export.OnnxPredictor(int8).predict(data.test.images)
+        after["file_mb"] = file_mb(int8)
+        info["options"] = info.get("options", {}) | {"calibration": calibration,
+                                                     "calibration_samples": calibration_samples}
+        runtime = "onnxruntime int8"
+    else:
+        y_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
+    info["after"] = after
+    info["seconds"] = round(time.time() - t0, 1)
+    metrics = task.full_metrics(y_true, y_score, data.class_names, n_bootstrap=n_bootstrap)
+    metrics.update({"split": "test", "dataset": data.name, "model": meta["model"], "method": method,
+                    "runtime": runtime, "checkpoint": run.best.name, "epoch": meta.get("epoch", 0),
+                    "source_acc": source["acc"], "source_auc": source["auc"],
+                    "delta_acc": metrics["acc"] - source["acc"], "delta_auc": metrics["auc"] - source["auc"]})
+    run.write_json(run.metrics, metrics)
+    run.write_json(run.path / "compress.json", info)
+    return run
+
+
+def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples: int = 512,
+               calibration: str = "minmax", data_spec: str | None = None, tol: float = 1e-4,
+               seed: int = 0) -> dict[str, Any]:
+    """Write ``<run>/model.onnx`` (and ``model_int8.onnx``), verified against PyTorch; returns ``export.json``."""
+    from meddx.deploy import onnx_export, quantize
+    from meddx.deploy.latency import file_mb
+
+    src = RunDir.open(run_path)
+    cfg = TrainConfig.load(src.config)
+    ckpt = src.checkpoint("best")
+    model, meta = load_model(ckpt)
+    onnx_export.wrap_for_deploy(model, meta)
+    if int8 and calibration_samples < 1:
+        raise MeddxError(f"int8 export needs calibration images; --calibration-samples must be >= 1, "
+                         f"got {calibration_samples}")
+    if int8:
+        data = _load_run_data(cfg, data_spec, "int8 export")
+        images = data.test.images[:64]
+    else:
+        try:
+            data = _load_run_data(cfg, data_spec, None)
+            images = data.test.images[:64]
+        except MeddxError:
+            data, images = None, None  # fp32 export needs no data: verify on random images in the input range
+    fp32 = onnx_export.export_onnx(model, meta, src.path / "model.onnx")
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "onnx": str(fp32), "opset": onnx_export.OPSET,
+                              "file_mb": file_mb(fp32), "input": {"dtype": meta.get("input_dtype", "uint8"),
+                                                                  "shape": ["batch", meta["in_channels"],
+                                                                            *meta["image_shape"]]},
+                              "verified_on": "test images" if images is not None else "random images",
+                              "max_abs_diff": onnx_export.verify_onnx(model, meta, fp32, images, tol=tol)}
+    if int8:
+        calib = quantize.calibration_batches(data.train.images, calibration_samples, seed=seed)
+        q = quantize.quantize_onnx(fp32, src.path / "model_int8.onnx", calib, method=calibration)
+        ref = onnx_export.OnnxPredictor(fp32).predict(data.test.images)
+        got = onnx_export.OnnxPredictor(q).predict(data.test.images)
+        result["int8"] = {"onnx": str(q), "file_mb": file_mb(q), "calibration": calibration,
+                          "calibration_samples": calibration_samples,
+                          "max_abs_diff_vs_fp32": float(np.abs(got - ref).max()),
+                          "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
+    src.write_json(src.path / "export.json", result)
+    return result

@@ -1,0 +1,404 @@
+"""Object detection with centre heat maps (CenterNet): 2D boxes (mAP) and 3D nodules (FROC / CPM).
+
+Targets are built per batch from the boxes after augmentation: a Gaussian peak per object at its
+centre cell in its class's heat map (sigma = 0.54 x size / 6 per axis, as TTFNet), and at that cell the
+object's log-size and sub-cell offset. Loss: CenterNet's penalty-reduced focal loss on the heat map plus
+L1 on log-sizes and offsets at the centre cells. Decoding: 3x3(x3) max-pool peaks, the top
+``max_detections`` per image.
+
+Coordinates: 2D boxes ``[x1, y1, x2, y2]`` and 3D boxes ``[z1, y1, x1, z2, y2, x2]`` in pixels/voxels,
+inclusive-exclusive (pixel ``i`` covers ``[i, i + 1)``); internally both are handled in grid order
+(``[y1, x1, y2, x2]`` in 2D). Nodule centres for FROC use the phantom's convention (voxel ``i``'s
+centre is ``i``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from meddx.data.augment import AugmentPolicy, Normalization
+from meddx.data.dataset import Split
+from meddx.errors import MeddxError
+
+GAUSS_ALPHA = 0.54  # TTFNet's heat-map spread: sigma = alpha * size / 6
+MIN_SIGMA = 0.4  # grid cells, so that tiny objects still get a peak with some support
+ZOOM = (0.75, 1.33)  # 2D scale augmentation range
+MIN_VISIBLE = 0.35  # a box cropped by augmentation is kept when at least this share of it stays visible
+
+
+def to_grid_order(boxes: torch.Tensor, dims: int) -> torch.Tensor:
+    """2D ``[x1, y1, x2, y2]`` <-> ``[y1, x1, y2, x2]`` (its own inverse); 3D boxes are already in grid order."""
+    return boxes[:, [1, 0, 3, 2]] if dims == 2 and len(boxes) else boxes
+
+
+class DetectionTask:
+    """CenterNet targets, loss, decoding and metrics for ``spatial_dims`` 2 (mAP) or 3 (FROC / CPM)."""
+
+    name = "detection"
+    default_model = "centernet_slim"
+
+    def __init__(self, num_classes: int, spatial_dims: int = 2, max_detections: int = 100,
+                 score_floor: float = 0.01) -> None:
+        if spatial_dims not in (2, 3):
+            raise MeddxError(f"detection supports 2D and 3D images, not {spatial_dims}D")
+        self.num_classes, self.spatial_dims = num_classes, spatial_dims
+        self.max_detections, self.score_floor = max_detections, score_floor
+        self.monitor = "map50" if spatial_dims == 2 else "cpm"
+
+    @classmethod
+    def from_config(cls, cfg: Any, data: Any) -> DetectionTask:
+        if data.task != "detection":
+            raise MeddxError(f"--task detection needs boxes, but {data.name!r} is a {data.task} data set", data.source)
+        return cls(data.num_classes, data.spatial_dims)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> DetectionTask:
+        return cls(meta["num_outputs"], meta.get("spatial_dims", 2))
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    # ---------------------------------------------------------------- training
+
+    def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
+                   policy: AugmentPolicy | None, generator: torch.Generator | None
+                   ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Normalised images and per-image targets (grid-order boxes, labels), augmented together.
+
+        Augmentation (unless ``--augment none``): random flips along every axis; in 2D also a random zoom
+        (0.75-1.33) with translation and brightness/contrast jitter; boxes follow exactly.
+        """
+        raw = split.images[idx].to(device).float()
+        targets = []
+        for i in idx.tolist():
+            t = split.labels[i]
+            targets.append({"boxes": to_grid_order(torch.as_tensor(t["boxes"], dtype=torch.float32),
+                                                   self.spatial_dims).to(device),
+                            "labels": torch.as_tensor(t["labels"], dtype=torch.long).to(device)})
+        if policy is not None:
+            raw, targets = augment(raw, targets, generator, zoom=self.spatial_dims == 2)
+        return normalize(raw), targets
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        output = model(x)
+        return self.loss(output, y, x.shape[-1] / output.shape[-1])
+
+    def loss(self, output: torch.Tensor, targets: list[dict[str, torch.Tensor]], stride: float) -> torch.Tensor:
+        """Focal loss on the heat map + L1 on log-size and offset at object centres (weights 1, 1, 1)."""
+        c, d = self.num_classes, self.spatial_dims
+        grid = tuple(output.shape[2:])
+        heat_t, ind, size_t, off_t = self.encode(targets, grid, stride, output.device)
+        logits = output[:, :c].float()
+        focal = focal_loss(logits, heat_t)
+        if ind.numel() == 0:
+            return focal + 0.0 * output.sum()
+        flat = output[:, c:].float().flatten(2)  # (B, 2d, cells)
+        picked = flat[ind[:, 0], :, ind[:, 1]]  # (objects, 2d)
+        size_l = F.l1_loss(picked[:, :d], size_t)
+        off_l = F.l1_loss(picked[:, d:], off_t)
+        return focal + size_l + off_l
+
+    def encode(self, targets: list[dict[str, torch.Tensor]], grid: tuple[int, ...], stride: float,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Heat maps (B, C, *grid), centre indices (objects, 2: image, flat cell), log-sizes, offsets."""
+        d = self.spatial_dims
+        heat = torch.zeros((len(targets), self.num_classes, *grid), device=device)
+        axes = [torch.arange(g, device=device, dtype=torch.float32) for g in grid]
+        inds, sizes, offs = [], [], []
+        for b, t in enumerate(targets):
+            boxes = t["boxes"]
+            if len(boxes) == 0:
+                continue
+            centre = (boxes[:, :d] + boxes[:, d:]) / 2 / stride
+            size = (boxes[:, d:] - boxes[:, :d]) / stride
+            cell = centre.floor().clamp_min(0)
+            cell = torch.minimum(cell, torch.tensor(grid, device=device, dtype=torch.float32) - 1)
+            sigma = (GAUSS_ALPHA * size / 6).clamp_min(MIN_SIGMA)
+            g = torch.ones((len(boxes), *grid), device=device)
+            for a in range(d):
+                shape = [len(boxes)] + [1] * d
+                shape[a + 1] = grid[a]
+                dist = (axes[a][None, :] - cell[:, a:a + 1]) / sigma[:, a:a + 1]
+                g = g * torch.exp(-0.5 * dist ** 2).view(shape)
+            for k in range(len(boxes)):
+                cls = int(t["labels"][k])
+                heat[b, cls] = torch.maximum(heat[b, cls], g[k])
+            flat = torch.zeros(len(boxes), dtype=torch.long, device=device)
+            for a in range(d):
+                flat = flat * grid[a] + cell[:, a].long()
+            inds.append(torch.stack([torch.full_like(flat, b), flat], 1))
+            sizes.append(torch.log(size.clamp_min(1e-3)))
+            offs.append(centre - cell)
+        if not inds:
+            empty = torch.zeros((0, d), device=device)
+            return heat, torch.zeros((0, 2), dtype=torch.long, device=device), empty, empty
+        return heat, torch.cat(inds), torch.cat(sizes), torch.cat(offs)
+
+    # ---------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def detect(self, model: nn.Module, images: torch.Tensor, normalize: Normalization, *,
+               device: torch.device | str = "cpu", batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+        """Per image: ``boxes`` (k, 4|6, the data's axis order), ``scores``, ``labels`` (+ 3D ``centres``)."""
+        device = torch.device(device)
+        model.eval()
+        out: list[dict[str, np.ndarray]] = []
+        for i in range(0, len(images), batch_size):
+            x = normalize(images[i:i + batch_size].to(device))
+            pred = model(x).float()
+            stride = x.shape[-1] / pred.shape[-1]
+            out.extend(self.decode(pred, stride))
+        return out
+
+    def decode(self, output: torch.Tensor, stride: float) -> list[dict[str, np.ndarray]]:
+        """Peaks of the heat maps (max-pool suppression) -> boxes with scores, at most ``max_detections``."""
+        c, d = self.num_classes, self.spatial_dims
+        heat = torch.sigmoid(output[:, :c])
+        pool = F.max_pool2d if d == 2 else F.max_pool3d
+        peaks = heat * (pool(heat, 3, 1, 1) == heat)
+        grid = output.shape[2:]
+        cells = int(np.prod(grid))
+        results = []
+        for b in range(output.shape[0]):
+            k = min(self.max_detections, peaks[b].numel())
+            scores, idx = peaks[b].flatten().topk(k)
+            keep = scores > self.score_floor
+            scores, idx = scores[keep], idx[keep]
+            cls, flat = idx // cells, idx % cells
+            pos = []
+            rest = flat.clone()
+            for a in reversed(range(d)):
+                pos.append(rest % grid[a])
+                rest = rest // grid[a]
+            pos = torch.stack(pos[::-1], 1).float()  # (k, d) grid order
+            reg = output[b, c:].flatten(1)[:, flat].T  # (k, 2d)
+            centre = (pos + reg[:, d:]) * stride
+            size = torch.exp(reg[:, :d].clamp(max=10)) * stride
+            boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+            det = {"boxes": to_grid_order(boxes, d).cpu().numpy().astype(np.float32),
+                   "scores": scores.cpu().numpy().astype(np.float32), "labels": cls.cpu().numpy().astype(np.int64)}
+            if d == 3:
+                det["centres"] = (centre - 0.5).cpu().numpy().astype(np.float32)  # voxel-index convention
+            results.append(det)
+        return results
+
+    # ---------------------------------------------------------------- metrics
+
+    def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
+                 batch_size: int, amp: bool = False) -> dict[str, float]:
+        """2D: mAP@0.5 and COCO mAP; 3D: CPM and sensitivity at 1 FP/scan (monitored: map50 / cpm)."""
+        dets = self.detect(model, split.images, normalize, device=device, batch_size=min(batch_size, 16))
+        m = self.score(split.labels, dets, [str(k) for k in range(self.num_classes)])
+        if self.spatial_dims == 2:
+            return {"map50": m["map50"], "map": m["map"]}
+        return {"cpm": m["cpm"], "sens_at_1fp": m["sensitivity"][1.0]}
+
+    def score(self, truth: list[dict[str, np.ndarray]], dets: list[dict[str, np.ndarray]],
+              class_names: list[str]) -> dict[str, Any]:
+        from meddx.metrics.detection import coco_map, froc
+
+        if self.spatial_dims == 2:
+            return coco_map(truth, dets, class_names)
+        return froc(dets, [nodule_reference(t) for t in truth])
+
+    def evaluate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
+                 batch_size: int, class_names: list[str], n_bootstrap: int = 1000, out_dir: Path | None = None,
+                 split_name: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+        """Test metrics (2D: COCO mAP, mAP@0.5 per class; 3D: FROC, CPM with a bootstrap CI over scans).
+
+        Writes ``detections_<split>.json`` (per image: id, boxes, scores, labels) to ``out_dir``.
+        """
+        from meddx.utils.io import write_json_atomic
+
+        dets = self.detect(model, split.images, normalize, device=device, batch_size=min(batch_size, 16))
+        metrics: dict[str, Any] = {"task": "detection", "spatial_dims": self.spatial_dims, "n": len(split)}
+        metrics.update(self.score(split.labels, dets, class_names))
+        if self.spatial_dims == 3 and n_bootstrap:
+            metrics["cpm_ci"] = cpm_bootstrap(dets, [nodule_reference(t) for t in split.labels], n_bootstrap)
+        metrics["headline"] = headline(metrics)
+        if out_dir is not None:
+            ids = split.ids or [str(i) for i in range(len(split))]
+            write_json_atomic(Path(out_dir) / f"detections_{split_name}.json",
+                              [detection_record(i, det, class_names) for i, det in zip(ids, dets)])
+        return metrics, {"detections": dets, "truth": split.labels, "images": split.images, "ids": split.ids}
+
+    # ---------------------------------------------------------------- prediction on files
+
+    def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None,
+                      threshold: float = 0.3) -> list[dict[str, Any]]:
+        """Boxes for image files: one dict per file (boxes in the file's pixels, score >= ``threshold``).
+
+        2D: also writes ``<name>_boxes.png`` (the image with the boxes drawn) to ``out_dir`` (default:
+        beside each input). 3D models take ``.npy`` volumes of the training shape.
+        """
+        if not paths:
+            raise MeddxError("no image files given")
+        results = []
+        for p in paths:
+            path = Path(p)
+            img = predictor.load_image(path)
+            det = self.detect(predictor.model, img[None], predictor.norm, device=predictor.device)[0]
+            keep = det["scores"] >= threshold
+            det = {k: v[keep] for k, v in det.items()}
+            rec: dict[str, Any] = {"file": str(path)}
+            if self.spatial_dims == 2:
+                from meddx.data.detection import boxes_to_original
+                from meddx.data.images import read_image
+
+                original = read_image(path, channels=3)
+                oh, ow = original.shape[1:]
+                det["boxes"] = boxes_to_original(det["boxes"], tuple(img.shape[1:]), (ow, oh))
+                target = (Path(out_dir) if out_dir else path.parent) / f"{path.stem}_boxes.png"
+                draw_boxes_png(target, original, det, predictor.classes)
+                rec["image_with_boxes"] = str(target)
+                rec["image_size"] = [int(ow), int(oh)]
+            rec.update(detection_record(None, det, predictor.classes))
+            results.append(rec)
+        return results
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced pixel-wise focal loss (alpha 2, beta 4), normalised by the object count."""
+    pos = target.eq(1).float()
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    pos_loss = ((1 - p) ** 2 * log_p * pos).sum()
+    neg_loss = (p ** 2 * (1 - target) ** 4 * log_not_p * (1 - pos)).sum()
+    return -(pos_loss + neg_loss) / pos.sum().clamp_min(1)
+
+
+def augment(raw: torch.Tensor, targets: list[dict[str, torch.Tensor]], generator: torch.Generator | None,
+            zoom: bool = True) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Random flips along every axis (+ zoom/translate and intensity jitter in 2D), boxes transformed with them.
+
+    Raw (un-normalised) float images in; areas uncovered by zooming out get the image's mean value.
+    """
+    n, d = raw.shape[0], raw.ndim - 2
+    spatial = torch.tensor(raw.shape[2:], dtype=torch.float32)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    flips = rand(n, d) < 0.5
+    scale = torch.exp(rand(n) * (math.log(ZOOM[1]) - math.log(ZOOM[0])) + math.log(ZOOM[0])) if zoom \
+        else torch.ones(n)
+    # translation of the zoomed image, in pixels, so that it still covers the centre region
+    shift = (rand(n, d) * 2 - 1) * spatial * 0.5 * (scale[:, None] - 1).abs() if zoom else torch.zeros(n, d)
+    # output coordinate o (grid order, pixels) samples input i = (o - c - shift) / scale + c, mirrored when flipped
+    centre = spatial / 2
+    theta = torch.zeros(n, d, d + 1)
+    for a in range(d):
+        sign = torch.where(flips[:, a], -1.0, 1.0)
+        col = d - 1 - a  # affine_grid's axis order is (x, y[, z]): reversed grid order
+        theta[:, col, col] = sign / scale
+        theta[:, col, d] = -shift[:, a] / scale / centre[a]
+    dev = raw.device
+    if zoom or flips.any():
+        grid = F.affine_grid(theta.to(dev), list(raw.shape), align_corners=False)
+        mean = raw.mean(dim=tuple(range(2, raw.ndim)), keepdim=True)
+        raw = F.grid_sample(raw - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
+    if zoom:  # brightness / contrast jitter (+-10 %)
+        gain = (1 + (rand(n) * 0.2 - 0.1)).view(-1, *[1] * (d + 1)).to(dev)
+        bias = ((rand(n) * 0.2 - 0.1) * 255 * 0.5).view(-1, *[1] * (d + 1)).to(dev)
+        raw = (raw * gain + bias).clamp(0, 255)
+    out = []
+    for k, t in enumerate(targets):
+        boxes = t["boxes"]
+        if len(boxes) == 0:
+            out.append(t)
+            continue
+        lo, hi = boxes[:, :d].cpu(), boxes[:, d:].cpu()
+        new_lo, new_hi = [], []
+        for a in range(d):
+            s, sh, c = scale[k], shift[k, a], centre[a]
+            f_lo, f_hi = (lo[:, a] - c) * s + c + sh, (hi[:, a] - c) * s + c + sh
+            if flips[k, a]:
+                f_lo, f_hi = spatial[a] - f_hi, spatial[a] - f_lo
+            new_lo.append(f_lo)
+            new_hi.append(f_hi)
+        nb = torch.cat([torch.stack(new_lo, 1), torch.stack(new_hi, 1)], 1)
+        full = (nb[:, d:] - nb[:, :d]).prod(1)
+        clipped = torch.cat([torch.maximum(nb[:, :d], torch.zeros(d)), torch.minimum(nb[:, d:], spatial)], 1)
+        visible = (clipped[:, d:] - clipped[:, :d]).clamp_min(0).prod(1)
+        keep = (visible >= MIN_VISIBLE * full) & ((clipped[:, d:] - clipped[:, :d]) >= 1).all(1)
+        out.append({"boxes": clipped[keep].to(dev), "labels": t["labels"][keep.to(t["labels"].device)]})
+    return raw, out
+
+
+def nodule_reference(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """FROC reference of one scan: the given centres/diameters, else box centres and mean box side."""
+    if "centres" in t:
+        return {"centres": t["centres"], "diameters": t["diameters"]}
+    boxes = np.asarray(t["boxes"], np.float32).reshape(-1, 6)
+    return {"centres": (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5, "diameters": (boxes[:, 3:] - boxes[:, :3]).mean(1)}
+
+
+def cpm_bootstrap(dets: list[dict[str, np.ndarray]], refs: list[dict[str, np.ndarray]], n_bootstrap: int = 1000,
+                  seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of CPM over scans (as the LUNA16 evaluation does)."""
+    from meddx.metrics.detection import froc
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_bootstrap):
+        pick = rng.integers(0, len(refs), len(refs))
+        m = froc([dets[i] for i in pick], [refs[i] for i in pick])
+        if m["n_nodules"]:
+            values.append(m["cpm"])
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else [math.nan] * 2
+
+
+def detection_record(image_id: str | None, det: dict[str, np.ndarray], class_names: list[str]) -> dict[str, Any]:
+    """JSON-ready detections of one image (boxes rounded to 0.1 px)."""
+    rec: dict[str, Any] = {} if image_id is None else {"id": image_id}
+    rec["detections"] = [
+        {"label": class_names[int(c)], "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+        | ({"centre": [round(float(v), 2) for v in det["centres"][i]]} if "centres" in det else {})
+        for i, (b, s, c) in enumerate(zip(det["boxes"], det["scores"], det["labels"]))]
+    return rec
+
+
+def draw_boxes_png(path: Path, image: torch.Tensor, det: dict[str, np.ndarray], class_names: list[str]) -> Path:
+    """Write ``image`` (C, H, W uint8) with labelled boxes as a PNG (atomically)."""
+    from PIL import Image, ImageDraw
+
+    from meddx.utils.io import atomic_path
+
+    arr = image.numpy()
+    arr = np.repeat(arr, 3, 0) if arr.shape[0] == 1 else arr
+    im = Image.fromarray(np.moveaxis(arr.astype(np.uint8), 0, -1))
+    draw = ImageDraw.Draw(im)
+    for b, s, c in zip(det["boxes"], det["scores"], det["labels"]):
+        colour = BOX_COLOURS[int(c) % len(BOX_COLOURS)]
+        draw.rectangle([float(v) for v in b], outline=colour, width=2)
+        draw.text((float(b[0]) + 2, float(b[1]) + 1), f"{class_names[int(c)]} {s:.2f}", fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path
+
+
+BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4"]
+
+
+def headline(m: dict[str, Any]) -> str:
+    """One line for the CLI."""
+    if m.get("spatial_dims") == 3:
+        ci = m.get("cpm_ci")
+        ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci and all(np.isfinite(ci)) else ""
+        sens = "  ".join(f"{fp:g}:{v:.3f}" for fp, v in m["sensitivity"].items())
+        return (f"CPM {m['cpm']:.4f}{ci_text}  sensitivity @FP/scan {sens}  nodules={m['n_nodules']} "
+                f"scans={m['n_scans']}")
+    per = "  ".join(f"{k} {v:.3f}" for k, v in m.get("ap50_per_class", {}).items())
+    return f"mAP@0.5 {m['map50']:.4f}  COCO mAP@[.5:.95] {m['map']:.4f}  AP@0.5 per class: {per}  n={m['n']}"

@@ -1,0 +1,179 @@
+"""Compression and deployment: ONNX round trip, int8 closeness, pruning, the CLI's new runs, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from meddx.cli import app
+from meddx.deploy import onnx_export, prune, quantize
+from meddx.engine.checkpoint import load_model
+from meddx.engine.config import TrainConfig
+from meddx.engine.fit import fit
+from meddx.models import create_model
+from tests.conftest import write_fake_medmnist
+
+runner = CliRunner()
+META = {"model": "resnet18_slim", "in_channels": 1, "image_shape": [28, 28], "input_size": 28, "spatial_dims": 2,
+        "normalization": {"scale": 1 / 255, "mean": [0.3], "std": [0.2]}, "task": "classification",
+        "task_kind": "binary-class", "input_dtype": "uint8", "num_outputs": 2, "classes": ["a", "b"]}
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics, so that folding them is really exercised."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_fake_medmnist(tmp_path_factory.mktemp("data") / "fakemnist.npz", n=(120, 40, 40))
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = TrainConfig(data=str(data_file), model="resnet18_slim", epochs=3, batch_size=32, out=str(out), name="src",
+                      progress=False)
+    return fit(cfg).path
+
+
+@pytest.mark.parametrize("name", ["seednet", "resnet18_slim", "mobilenet_v3_small"])
+def test_onnx_round_trip_matches_pytorch(name, tmp_path):
+    model = _random_bn(create_model(name, 1, 2, 28))
+    meta = META | {"model": name}
+    path = onnx_export.export_onnx(model, meta, tmp_path / "m.onnx")
+    x = onnx_export.example_input(meta, batch=5, seed=1)
+    diff = onnx_export.verify_onnx(model, meta, path, x)
+    assert diff <= 1e-4
+    pred = onnx_export.OnnxPredictor(path)
+    assert pred.meta["classes"] == ["a", "b"]
+    probs = pred.predict(x)
+    assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    # the batch axis is dynamic: a different batch size gives the same per-image answers
+    assert np.allclose(pred.predict(x[:2]), probs[:2], atol=1e-5)
+
+
+def test_fold_batchnorm_keeps_outputs():
+    model = _random_bn(create_model("resnet18_slim", 1, 2, 28))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        assert quantize.fold_batchnorm(model) == 20
+        assert torch.allclose(model(x), ref, atol=1e-4)
+
+
+def test_unstructured_pruning_reaches_sparsity():
+    model = create_model("resnet18_slim", 1, 2, 28)
+    prune.prune_unstructured(model, 0.7)
+    prune.make_permanent(model)
+    assert abs(prune.weight_sparsity(model) - 0.7) < 0.005
+    assert not any(k.endswith(("_orig", "_mask")) for k in model.state_dict())
+
+
+def test_structured_pruning_shrinks_and_reloads():
+    model = create_model("resnet18_slim", 1, 2, 28).eval()
+    n0 = sum(p.numel() for p in model.parameters())
+    info = prune.prune_structured(model, "resnet18_slim", 0.5, torch.randn(2, 1, 28, 28), "fc")
+    assert 0.45 < info["channels_removed"] < 0.55
+    assert sum(p.numel() for p in model.parameters()) < 0.35 * n0
+    rebuilt = prune.apply_pruned_shapes(create_model("resnet18_slim", 1, 2, 28), prune.pruned_shapes(model))
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model(x))
+
+
+def test_export_int8_and_predict_onnx(trained_run, tmp_path):
+    r = invoke("export", trained_run, "--int8", "--calibration-samples", "64")
+    assert r.exit_code == 0, r.output
+    res = json.loads((trained_run / "export.json").read_text())
+    assert res["max_abs_diff"] <= 1e-4 and res["verified_on"] == "test images"
+    assert res["int8"]["max_abs_diff_vs_fp32"] < 0.15 and res["int8"]["top1_agreement"] >= 0.9
+    assert res["int8"]["file_mb"] < 0.5 * res["file_mb"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(trained_run / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # predict through ONNX Runtime and through PyTorch on the same file
+    img = tmp_path / "x.npy"
+    np.save(img, (np.arange(28 * 28).reshape(28, 28) % 256).astype(np.float32))
+    onnx_fp32 = invoke("predict", trained_run / "model.onnx", img, "--runtime", "onnx", "--json")
+    torch_out = invoke("predict", trained_run, img, "--json")
+    assert onnx_fp32.exit_code == 0 and torch_out.exit_code == 0, onnx_fp32.output
+    p_onnx = json.loads(onnx_fp32.output)[0]["probabilities"]
+    p_torch = json.loads(torch_out.output)[0]["probabilities"]
+    assert all(abs(p_onnx[k] - p_torch[k]) < 1e-4 for k in p_torch)
+    r = invoke("predict", trained_run, img, "--runtime", "onnx", "--json")  # run folder: picks model_int8.onnx
+    assert r.exit_code == 0, r.output
+    p_int8 = json.loads(r.output)[0]["probabilities"]
+    assert p_int8.keys() == p_torch.keys() and p_int8 != p_onnx  # the int8 model, not the fp32 one
+    assert all(abs(p_int8[k] - p_torch[k]) < 0.15 for k in p_torch)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("prune", ["--amount", "0.6", "--epochs", "1"]),
+    ("prune-structured", ["--amount", "0.5", "--epochs", "1"]),
+    ("qat", ["--epochs", "1", "--calibration-samples", "64"]),
+])
+def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
+    r = invoke("compress", trained_run, "--method", method, *extra, "--out", tmp_path, "--name", "c")
+    assert r.exit_code == 0, r.output
+    new = tmp_path / "c"
+    info = json.loads((new / "compress.json").read_text())
+    metrics = json.loads((new / "metrics.json").read_text())
+    assert info["method"] == method and metrics["method"] == method
+    assert (new / "config.json").is_file() and (new / "data.json").is_file()
+    assert 0 <= metrics["acc"] <= 1 and abs(metrics["delta_acc"] - (metrics["acc"] - metrics["source_acc"])) < 1e-9
+    model, meta = load_model(new / "best.safetensors")  # the compressed checkpoint loads on its own
+    assert meta["compression"]["method"] == method
+    if method == "prune":
+        assert info["sparsity"] >= 0.6 - 0.005
+        assert info["after"]["nonzero_params"] < 0.5 * info["before"]["nonzero_params"]
+    if method == "prune-structured":
+        assert info["after"]["params"] < 0.35 * info["before"]["params"]
+        assert info["after"]["file_mb"] < 0.4 * info["before"]["file_mb"]
+        r = invoke("evaluate", new, "--bootstrap", "0")
+        assert r.exit_code == 0, r.output
+    if method == "qat":
+        assert (new / "model_int8.onnx").is_file() and metrics["runtime"] == "onnxruntime int8"
+        assert info["onnx_max_abs_diff"] <= 1e-4
+
+
+def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
+    r = invoke("compress", trained_run, "--method", "distil")
+    assert r.exit_code == 2 and "unknown compression method 'distil'" in r.output
+    r = invoke("compress", trained_run, "--method", "ptq", "--calibration-samples", "0")
+    assert r.exit_code == 2 and "needs calibration images" in r.output
+    r = invoke("predict", tmp_path, tmp_path / "x.png", "--runtime", "tflite")
+    assert r.exit_code == 2 and "runtime must be torch or onnx" in r.output
+    r = invoke("export", tmp_path)
+    assert r.exit_code == 2 and "not a meddx run folder" in r.output
+    # an architecture structured pruning cannot handle
+    cfg = TrainConfig(data=str(data_file), model="shufflenet_v2", epochs=1, batch_size=64, out=str(tmp_path),
+                      name="shuffle", progress=False)
+    shuffle = fit(cfg).path
+    r = invoke("compress", shuffle, "--method", "prune-structured")
+    assert r.exit_code == 2 and "does not support model 'shufflenet_v2'" in r.output
+    r = invoke("predict", shuffle, tmp_path / "x.png", "--runtime", "onnx")
+    assert r.exit_code == 2 and "run has no ONNX model" in r.output
+    # a run whose training data (the calibration set) is gone
+    cfg = json.loads((shuffle / "config.json").read_text())
+    cfg["data"] = str(tmp_path / "gone.npz")
+    (shuffle / "config.json").write_text(json.dumps(cfg))
+    r = invoke("compress", shuffle, "--method", "ptq")
+    assert r.exit_code == 2 and "calibration data" in r.output and "gone.npz" in r.output
+    assert r.output.startswith("error: ") and r.output.count("\n") == 1
