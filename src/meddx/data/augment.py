@@ -35,13 +35,23 @@ class Normalization:
         return cls(scale=scale, mean=[float(m) for m in mean], std=[float(s) for s in std])
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (raw.ndim - 2)
-        mean = torch.tensor(self.mean, device=raw.device).view(shape)
-        std = torch.tensor(self.std, device=raw.device).view(shape)
-        return (raw.float() * self.scale - mean) / std
+        # one fused multiply-add: x * (scale / std) + (-mean / std), constants cached per device
+        a, b = self._affine(raw.device, raw.ndim)
+        return torch.addcmul(b, raw.float(), a)
+
+    def _affine(self, device: torch.device, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (str(device), ndim)
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            shape = (1, -1) + (1,) * (ndim - 2)
+            std = torch.tensor(self.std, dtype=torch.float64)
+            a = (self.scale / std).float().view(shape).to(device)
+            b = (-torch.tensor(self.mean, dtype=torch.float64) / std).float().view(shape).to(device)
+            cache[key] = (a, b)
+        return cache[key]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass

@@ -30,10 +30,12 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=True: PyTorch picks the per-tensor loop on CPU by default, which costs ~10x more per step
+    # for a ResNet's ~60 small tensors than the multi-tensor kernels.
     if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr)
+        opt = torch.optim.AdamW(groups, lr=lr, foreach=True)
     else:
-        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, foreach=True)
     total = max(1, steps_per_epoch * epochs)
     warm = min(total // 2, steps_per_epoch * cfg.warmup_epochs)
 
@@ -114,6 +116,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
             ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         start_epoch, best = meta["epoch"] + 1, extra["best"]
         history = [r for r in run.read_history() if r["epoch"] < start_epoch]
+        if start_epoch >= epochs:
+            raise MeddxError(f"run already finished all {epochs} epochs; nothing to resume", run.path)
 
     writer = _tensorboard(run.path) if cfg.tensorboard else None
     t0, stale = time.time(), 0
@@ -160,8 +164,6 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
                 break
     if writer is not None:
         writer.close()
-    if ema is not None and not run.best.is_file():
-        save_checkpoint(run.best, ema.module, meta)
     return run
 
 

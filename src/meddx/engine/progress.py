@@ -51,7 +51,7 @@ class EpochProgress:
             vloss_txt = f"val loss {vloss:.4f}  " if vloss is not None else ""
             self.console.print(f"epoch {row['epoch'] + 1:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
                                f"{vloss_txt}val {monitor} {value:.4f}{acc_txt}  "
-                               f"{row['seconds']:.1f}s{mark}")
+                               f"{row['seconds']:.1f}s{mark}", soft_wrap=True)
 
     def note(self, text: str) -> None:
         if self.enabled:
