@@ -103,3 +103,14 @@ def test_auto_epochs_and_config_validation():
         TrainConfig(optimizer="adam").validate()
     with pytest.raises(MeddxError, match="unknown config keys: bogus"):
         TrainConfig.from_dict({"bogus": 1})
+
+
+def test_model_checkpoint_follows_select(tmp_path, fake_npz):
+    last = fit(_cfg(tmp_path, fake_npz, name="l", epochs=2))
+    best = fit(_cfg(tmp_path, fake_npz, name="b", epochs=2, select="best"))
+    assert last.model_checkpoint().name == "last.safetensors"
+    assert best.model_checkpoint().name == "best.safetensors"
+    tensors, _, state = read_checkpoint(last.last)
+    assert any(k.startswith("live.") for k in tensors) and state["extra"]["ema_n"] > 0
+    with pytest.raises(MeddxError, match="select must be last or best"):
+        TrainConfig(select="worst").validate()

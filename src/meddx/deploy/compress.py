@@ -29,6 +29,8 @@ from meddx.errors import MeddxError
 from meddx.tasks import task_from_meta
 
 METHODS = ("prune", "prune-structured", "ptq", "qat")
+# Fine-tune learning rates (AdamW): a heavily pruned net needs more recovery; QAT only nudges weights onto the grid.
+DEFAULT_LR = {"prune": 2e-4, "prune-structured": 1e-3, "qat": 2e-5, "ptq": 0.0}
 INT8_METHODS = ("ptq", "qat")
 
 
@@ -89,13 +91,14 @@ def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str)
 
 
 def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epochs: int = 1,
-                 lr: float = 2e-4, max_train: int | None = None, calibration_samples: int = 512,
+                 lr: float | None = None, max_train: int | None = None, calibration_samples: int = 512,
                  calibration: str = "minmax", data_spec: str | None = None, out: str | Path | None = None,
                  name: str | None = None, n_bootstrap: int = 200, seed: int = 0) -> RunDir:
     """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
-    fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most). ``calibration_samples``
+    fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most; ``lr`` default by method,
+    :data:`DEFAULT_LR`). ``calibration_samples``
     training images calibrate the int8 ranges (ptq, qat).
     """
     from meddx.deploy import onnx_export, prune, quantize
@@ -104,9 +107,10 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
 
     if method not in METHODS:
         raise MeddxError(f"unknown compression method {method!r}; available: {', '.join(METHODS)}")
+    lr = DEFAULT_LR[method] if lr is None else lr
     src = RunDir.open(run_path)
     cfg = TrainConfig.load(src.config)
-    ckpt = src.checkpoint("best")
+    ckpt = src.model_checkpoint()
     model, meta = load_model(ckpt)
     if method in INT8_METHODS:
         onnx_export.wrap_for_deploy(model, meta)  # raises a clear error for tasks the int8 path does not support
@@ -206,7 +210,7 @@ def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples:
 
     src = RunDir.open(run_path)
     cfg = TrainConfig.load(src.config)
-    ckpt = src.checkpoint("best")
+    ckpt = src.model_checkpoint()
     model, meta = load_model(ckpt)
     onnx_export.wrap_for_deploy(model, meta)
     if int8 and calibration_samples < 1:

@@ -31,8 +31,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: bool = False
     augment: str = "auto"  # auto (by modality) | none | a policy name from meddx.data.augment.POLICIES
-    ema_decay: float = 0.0  # >0: evaluate an exponential moving average of the weights
-    patience: int | None = None  # early stopping on the monitored validation metric; None: epochs // 3
+    ema_decay: float = 0.995  # >0: validate/test an exponential moving average of the weights (BN stats too)
+    patience: int | None = None  # early stopping after this many epochs without val gain; None: off
+    select: str = "last"  # model used by evaluate/predict: "last" (end of the schedule) or "best" (best val metric)
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
     # run
     seed: int = 0
@@ -71,6 +72,8 @@ class TrainConfig:
             (self.schedule in ("cosine", "multistep"), f"schedule must be cosine or multistep, got {self.schedule!r}"),
             (self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),
+            (self.select in ("last", "best"), f"select must be last or best, got {self.select!r}"),
+            (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -25,6 +25,7 @@ REPORT_SECTIONS: tuple[str, ...] = (
     "meddx.explain.report_section:heatmap_section",
     "meddx.report.segmentation:metrics_section",
     "meddx.report.segmentation:overlay_section",
+    "meddx.report.detection:detection_section",
 )
 
 
@@ -37,7 +38,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
         raise MeddxError(f"split must be train, val or test, got {split!r}")
     dev = pick_device(device if device != "auto" else cfg.device)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
-    ckpt = run.checkpoint("best")
+    ckpt = run.model_checkpoint()
     model, meta = load_model(ckpt, dev)
     if meta["classes"] != data.class_names:
         raise MeddxError(f"checkpoint classes {meta['classes']} differ from the data's {data.class_names}", ckpt)

@@ -84,7 +84,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     if cfg.augment not in ("auto", "none") and policy is None:
         raise MeddxError(f"unknown augmentation policy {cfg.augment!r}; available: auto, {', '.join(POLICIES)}")
     epochs = cfg.epochs or auto_epochs(len(data.train))
-    patience = cfg.patience or max(5, epochs // 3)
+    patience = cfg.patience or math.inf
 
     spec = get_model_spec(cfg.model)
     model = create_model(cfg.model, data.in_channels, task.num_outputs, data.image_size[0], data.spatial_dims)
@@ -96,7 +96,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     ema = None
     if cfg.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, -math.inf
@@ -108,12 +108,14 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
                                                    "epochs": epochs})
     else:
         tensors, meta, state = read_checkpoint(run.last)
-        model.load_state_dict(model_state(tensors))
+        live = {k[len("live."):]: v for k, v in tensors.items() if k.startswith("live.")}
+        model.load_state_dict(live or model_state(tensors))
         restore_optimizer(optimizer, tensors, state)
         extra = state["extra"]
         scheduler.load_state_dict(extra["scheduler"])
-        if ema is not None and any(k.startswith("ema.") for k in tensors):
-            ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        if ema is not None:
+            ema.module.load_state_dict(model_state(tensors))
+            ema.n_averaged.fill_(int(extra.get("ema_n", 0)))
         start_epoch, best = meta["epoch"] + 1, extra["best"]
         history = [r for r in run.read_history() if r["epoch"] < start_epoch]
         if start_epoch >= epochs:
@@ -147,9 +149,11 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
             meta = checkpoint_meta(cfg, data, norm, data.task, epoch, score)
             if improved:
                 save_checkpoint(run.best, eval_model, meta)
-            ema_state = {f"ema.{k}": v for k, v in ema.module.state_dict().items()} if ema is not None else {}
-            save_checkpoint(run.last, model, meta, optimizer,
-                            {"scheduler": scheduler.state_dict(), "best": best}, ema_state)
+            # last.safetensors: "model.*" is the evaluation model (the EMA when used), "live.*" the raw weights
+            live = {f"live.{k}": v for k, v in model.state_dict().items()} if ema is not None else {}
+            save_checkpoint(run.last, eval_model, meta, optimizer,
+                            {"scheduler": scheduler.state_dict(), "best": best,
+                             "ema_n": int(ema.n_averaged) if ema is not None else 0}, live)
             run.write_history(history)
             if writer is not None:
                 for k, v in row.items():

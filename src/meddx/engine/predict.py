@@ -33,7 +33,7 @@ class Predictor:
             self.meta, self.classes = self.onnx.meta, self.onnx.meta["classes"]
             return
         if path.is_dir():
-            path = RunDir.open(path).checkpoint("best")
+            path = RunDir.open(path).model_checkpoint()
         self.device = pick_device(device)
         self.model, self.meta = load_model(path, self.device)
         self.task = task_from_meta(self.meta)
@@ -43,7 +43,12 @@ class Predictor:
     def load_image(self, path: str | Path) -> torch.Tensor:
         """Read and resize one file to the checkpoint's input (channels, size, dtype range)."""
         meta = self.meta
-        img = read_image(path, channels=meta["in_channels"])
+        if len(meta["image_shape"]) == 3:  # volumes: (D, H, W) or (C, D, H, W) .npy, NIfTI, NRRD, DICOM folder
+            from meddx.data.volumes import read_volume_tensor
+
+            img = read_volume_tensor(path)
+        else:
+            img = read_image(path, channels=meta["in_channels"])
         if img.shape[0] != meta["in_channels"]:
             raise MeddxError(f"has {img.shape[0]} channels, the model expects {meta['in_channels']}", path)
         shape = tuple(meta["image_shape"])

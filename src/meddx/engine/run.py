@@ -66,6 +66,14 @@ class RunDir:
         """Rewrite the whole history atomically (tiny file; keeps it consistent with ``last`` on resume)."""
         write_text_atomic(self.history, "".join(json.dumps(r) + "\n" for r in rows))
 
+    def model_checkpoint(self) -> Path:
+        """The checkpoint that evaluate/predict use: the run's ``select`` setting (``last`` by default)."""
+        try:
+            select = json.loads(self.config.read_text()).get("select", "last")
+        except (OSError, json.JSONDecodeError):
+            select = "last"
+        return self.checkpoint(select)
+
     def checkpoint(self, which: str = "best") -> Path:
         p = self.best if which == "best" else self.last
         if not p.is_file():
