@@ -56,18 +56,17 @@ def get_run(args):
         return Path(args.run)
     name = f"explain-bench-phantom{args.size}-e{args.epochs}-seed{args.seed}"
     path = Path(args.out) / name
-    if (path / "best.safetensors").is_file() and (path / "history.jsonl").is_file():
-        rows = (path / "history.jsonl").read_text().splitlines()
-        if len(rows) >= args.epochs or args.reuse_partial:
+    resume = None
+    if (path / "last.safetensors").is_file() and (path / "history.jsonl").is_file():
+        done = len((path / "history.jsonl").read_text().splitlines())
+        if done >= args.epochs:
             print(f"reusing {path}", file=sys.stderr)
             return path
-        import shutil
-
-        shutil.rmtree(path)
+        resume = path  # an interrupted earlier call: continue it
     cfg = TrainConfig(data="phantom", size=args.size, epochs=args.epochs, seed=args.seed, out=args.out, name=name,
                       device=args.device, progress=False)
     tic = time.time()
-    run = fit(cfg)
+    run = fit(cfg, resume=resume)
     print(f"trained {run.path} in {time.time() - tic:.0f} s", file=sys.stderr)
     return run.path
 
@@ -239,7 +238,6 @@ def main() -> None:
     ap.add_argument("--memory-calls", type=int, default=1000)
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-faithfulness", action="store_true")
-    ap.add_argument("--reuse-partial", action="store_true", help="reuse a run folder with fewer epochs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -254,6 +252,9 @@ def main() -> None:
         print_table(rows, cols, f"Explanations on the phantom ({model_info['n_explained']} true positives)")
     print()
     print(markdown(model_info, rows, cost_info))
+    print()
+    print_json([{"benchmark": "explain", **(model_info or {})} | ({"cost": cost_info} if cost_info else {})]
+               + [{k.replace("/", "_per_"): v for k, v in r.items()} for r in rows])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from meddx.cli import app
 from meddx.deploy import onnx_export, prune, quantize
-from meddx.engine.checkpoint import load_model
+from meddx.engine.checkpoint import load_model, save_checkpoint
 from meddx.engine.config import TrainConfig
 from meddx.engine.fit import fit
 from meddx.models import create_model
@@ -40,18 +41,18 @@ def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    return write_fake_medmnist(tmp_path_factory.mktemp("data") / "fakemnist.npz", n=(120, 40, 40))
+    return write_fake_medmnist(tmp_path_factory.mktemp("data") / "fakemnist.npz", n=(64, 32, 32))
 
 
 @pytest.fixture(scope="module")
 def trained_run(data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = TrainConfig(data=str(data_file), model="resnet18_slim", epochs=3, batch_size=32, out=str(out), name="src",
+    cfg = TrainConfig(data=str(data_file), model="resnet18_slim", epochs=1, batch_size=16, out=str(out), name="src",
                       progress=False)
     return fit(cfg).path
 
 
-@pytest.mark.parametrize("name", ["seednet", "resnet18_slim", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["seednet", "resnet18_slim"])
 def test_onnx_round_trip_matches_pytorch(name, tmp_path):
     model = _random_bn(create_model(name, 1, 2, 28))
     meta = META | {"model": name}
@@ -125,12 +126,12 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("prune", ["--amount", "0.6", "--epochs", "1"]),
-    ("prune-structured", ["--amount", "0.5", "--epochs", "1"]),
-    ("qat", ["--epochs", "1", "--calibration-samples", "64"]),
+    ("prune", ["--amount", "0.6", "--epochs", "1", "--max-train", "16"]),
+    ("prune-structured", ["--amount", "0.5", "--epochs", "1", "--max-train", "16"]),
+    ("qat", ["--epochs", "1", "--max-train", "16", "--calibration-samples", "32"]),
 ])
 def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
-    r = invoke("compress", trained_run, "--method", method, *extra, "--out", tmp_path, "--name", "c")
+    r = invoke("compress", trained_run, "--method", method, *extra, "--out", tmp_path, "--name", "c", "--bootstrap", 0)
     assert r.exit_code == 0, r.output
     new = tmp_path / "c"
     info = json.loads((new / "compress.json").read_text())
@@ -162,10 +163,12 @@ def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
     assert r.exit_code == 2 and "runtime must be torch or onnx" in r.output
     r = invoke("export", tmp_path)
     assert r.exit_code == 2 and "not a meddx run folder" in r.output
-    # an architecture structured pruning cannot handle
-    cfg = TrainConfig(data=str(data_file), model="shufflenet_v2", epochs=1, batch_size=64, out=str(tmp_path),
-                      name="shuffle", progress=False)
-    shuffle = fit(cfg).path
+    # an architecture structured pruning cannot handle: the run with its weights swapped for a ShuffleNetV2
+    shuffle = tmp_path / "shuffle"
+    shutil.copytree(trained_run, shuffle, ignore=shutil.ignore_patterns("*.onnx", "last.safetensors"))
+    _, meta = load_model(shuffle / "best.safetensors")
+    save_checkpoint(shuffle / "best.safetensors", create_model("shufflenet_v2", 1, 2, 28),
+                    meta | {"model": "shufflenet_v2"})
     r = invoke("compress", shuffle, "--method", "prune-structured")
     assert r.exit_code == 2 and "does not support model 'shufflenet_v2'" in r.output
     r = invoke("predict", shuffle, tmp_path / "x.png", "--runtime", "onnx")

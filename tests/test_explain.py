@@ -30,7 +30,9 @@ pytest.importorskip("pytorch_grad_cam")
 pytest.importorskip("captum")
 
 runner = CliRunner()
-FAST = {"n_steps": 4, "internal_batch_size": 16}  # integrated gradients: enough to test shapes
+# small settings that still exercise every code path: integrated gradients' steps and internal batches,
+# occlusion's window and stride (the defaults would slide a 2-px window over the image: slow for a unit test)
+FAST = {"n_steps": 4, "internal_batch_size": 16, "window": 4, "stride": 4}
 
 
 def _check_maps(maps, shape):
@@ -41,37 +43,51 @@ def _check_maps(maps, shape):
 
 @pytest.mark.parametrize("name", list_models(kind="classifier"))
 def test_gradcam_shape_and_range_for_every_registered_model(name):
-    size = 32
+    size = 28
     model = create_model(name, 1, 3, size)
-    maps = explain(model, torch.randn(2, 1, size, size), method="gradcam")  # layer found from the registry
-    _check_maps(maps, (2, size, size))
+    maps = explain(model, torch.randn(1, 1, size, size), method="gradcam")  # layer found from the registry
+    _check_maps(maps, (1, size, size))
     assert hook_count(model) == 0
     assert resolve_layer(model, model_name=name)[1] == get_model_spec(name).target_layer
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_2d(method):
+@pytest.fixture(scope="module")
+def slim_2d():
     torch.manual_seed(0)
-    model = create_model("resnet18_slim", 3, 4, 28)
-    maps = explain(model, torch.randn(2, 3, 28, 28), target=1, method=method, **FAST)
-    _check_maps(maps, (2, 28, 28))
+    return create_model("resnet18_slim", 3, 4, 28)
+
+
+@pytest.fixture(scope="module")
+def slim_3d():
+    torch.manual_seed(0)
+    return create_model("resnet18_slim", 1, 2, 12, spatial_dims=3)  # layer4 is 2x2x2: not a constant map
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_2d(method, slim_2d):
+    model = slim_2d
+    n = 1 if method == "scorecam" else 2  # Score-CAM: one forward per channel and image
+    maps = explain(model, torch.randn(n, 3, 28, 28, generator=torch.Generator().manual_seed(0)), target=1,
+                   method=method, **FAST)
+    _check_maps(maps, (n, 28, 28))
     assert maps.max() > 0  # not an empty map
     assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize("method", list_methods(3))
-def test_every_3d_method_on_a_3d_model(method):
-    torch.manual_seed(0)
-    model = create_model("resnet18_slim", 1, 2, 12, spatial_dims=3)
-    maps = explain(model, torch.randn(1, 1, 12, 12, 12), method=method, batch_size=1, **FAST)
+def test_every_3d_method_on_a_3d_model(method, slim_3d):
+    model = slim_3d
+    maps = explain(model, torch.randn(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0)), method=method,
+                   **FAST)
     _check_maps(maps, (1, 12, 12, 12))
+    assert maps.max() > 0
     assert hook_count(model) == 0
 
 
 def test_3d_seednet_and_method_table():
     assert set(list_methods(3)) == {m.name for m in METHODS.values() if m.supports_3d}
-    model = create_model("seednet", 1, 2, 12, spatial_dims=3)
-    _check_maps(explain(model, torch.randn(2, 1, 12, 12, 12)), (2, 12, 12, 12))
+    model = create_model("seednet", 1, 2, 10, spatial_dims=3)
+    _check_maps(explain(model, torch.randn(2, 1, 10, 10, 10)), (2, 10, 10, 10))
 
 
 def test_model_state_is_restored_and_no_grad_is_fine():
@@ -94,16 +110,16 @@ class Boom(torch.nn.Module):
 
 @pytest.mark.parametrize("method", ["gradcam", "scorecam", "eigencam", "integrated_gradients"])
 def test_hooks_released_after_an_exception(method):
-    model = create_model("resnet18_slim", 1, 2, 28)
+    model = create_model("resnet18_slim", 1, 2, 16)
     model.fc = torch.nn.Sequential(model.fc, Boom())  # fails after the hooked layer ran
     assert hook_count(model) == 0
     with pytest.raises(RuntimeError, match="boom"):
-        explain(model, torch.randn(2, 1, 28, 28), method=method, model_name="resnet18_slim", **FAST)
+        explain(model, torch.randn(2, 1, 16, 16), method=method, model_name="resnet18_slim", **FAST)
     assert hook_count(model) == 0 and model.training  # restored to what it was
     # a bad target class is raised (pytorch-grad-cam's own `with` would swallow it) and releases too
-    model = create_model("resnet18_slim", 1, 2, 28)
+    model = create_model("resnet18_slim", 1, 2, 16)
     with pytest.raises(MeddxError, match="out of range"):
-        explain(model, torch.randn(1, 1, 28, 28), target=5, method=method, **FAST)
+        explain(model, torch.randn(1, 1, 16, 16), target=5, method=method, **FAST)
     assert hook_count(model) == 0
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
@@ -252,14 +268,14 @@ def test_cli_explain_writes_pngs_json_and_gallery(tmp_path):
 
 
 def test_cli_explain_volume_writes_a_strip(tmp_path):
-    run = _fake_run(tmp_path / "run3d", spatial=(12, 12, 12))
+    run = _fake_run(tmp_path / "run3d", spatial=(10, 10, 10))
     vol = tmp_path / "vol.npy"
-    np.save(vol, np.random.default_rng(0).integers(0, 255, (1, 12, 12, 12)).astype(np.uint8))  # (C, D, H, W)
+    np.save(vol, np.random.default_rng(0).integers(0, 255, (1, 10, 10, 10)).astype(np.uint8))  # (C, D, H, W)
     r = runner.invoke(app, ["explain", str(run), str(vol), "--method", "gradcam++"])
     assert r.exit_code == 0, r.output
     assert (run / "explanations" / "vol.gradcam++.png").is_file()
     rec = json.loads((run / "explanations" / "explanations.json").read_text())
-    assert rec["items"][0]["map"]["shape"] == [12, 12, 12]
+    assert rec["items"][0]["map"]["shape"] == [10, 10, 10]
 
 
 @pytest.mark.parametrize("args,message", [

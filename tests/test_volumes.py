@@ -168,3 +168,38 @@ def test_real_nifti_and_dicom_series():
     assert (seg.array > 0).sum() > 1000 and body[seg.array > 0].mean() > 0.9  # organs lie inside the body
     with pytest.raises(MeddxError, match="differs from the image's"):
         check_pair(ct, Volume(seg.array, (3.0, 0.9766, 0.9766), "seg_3mm.nii.gz"))
+
+
+@pytest.mark.slow
+def test_real_nrrd_folder_as_segmentation_bundle():
+    """The PyRadiomics cases as a folder of <case>_image/_label (and -label) pairs, resampled to one spacing."""
+    root = shared_path("pyradiomics_testcases")
+    data = load_volume_folder(root)
+    assert len(data.train) + len(data.val) + len(data.test) == 4 and data.spatial_dims == 3
+    assert data.class_names[0] == "background" and len(data.class_names) == 10  # prostate labels go up to 9
+    assert data.extra["spacing"][0] == pytest.approx(4.75, abs=0.05)  # median of 6.5, 6.5, 2.1, 3.0 mm (z)
+    assert data.train.images.dtype == torch.float32 and bool(torch.isfinite(data.train.images).all())
+
+
+@pytest.mark.slow
+def test_real_adrenalmnist3d_one_epoch(tmp_path):
+    """3D classification through the same fit/evaluate/predict as 2D (a subset, one epoch)."""
+    from meddx.data import load_data
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.evaluate import evaluate_run
+    from meddx.engine.fit import fit
+    from meddx.engine.predict import Predictor
+
+    path = shared_path("adrenalmnist3d", "adrenalmnist3d.npz")
+    data = load_data(str(path))
+    assert data.image_size == (28, 28, 28) and data.spatial_dims == 3 and len(data.test) == 298
+    data.train, data.val, data.test = data.train.subset(range(32)), data.val.subset(range(16)), data.test.subset(
+        range(16))
+    cfg = TrainConfig(data=str(path), model="seednet", epochs=1, batch_size=16, out=str(tmp_path), name="a",
+                      progress=False)
+    run = fit(cfg, data=data)
+    m = evaluate_run(run.path, data=data, n_bootstrap=20, report=False)
+    assert m["n"] == 16 and 0 <= m["acc"] <= 1
+    np.save(tmp_path / "v.npy", data.test.images[0, 0].numpy())
+    res = Predictor(run.path).predict_files([tmp_path / "v.npy"])
+    assert res[0]["label"] in ("normal", "hyperplasia")

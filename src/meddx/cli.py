@@ -65,6 +65,9 @@ def train(
     class_weights: bool = typer.Option(False, help="weight the loss by inverse class frequency"),
     augment: str | None = typer.Option(None, help="auto (by modality) | none | policy name"),
     pretrained: str | None = typer.Option(None, help="weights file or run to start from (head replaced)"),
+    patience: int | None = typer.Option(None, help="early stopping: epochs without validation gain (default off)"),
+    select: str | None = typer.Option(None, help="model to test and ship: last (default) | best (val metric)"),
+    ema_decay: float | None = typer.Option(None, help="weight EMA decay (default 0.995; 0 turns it off)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
     out: str = typer.Option("runs", help="parent folder of run folders"),
@@ -80,7 +83,8 @@ def train(
     cfg = _train_config(data=data, task=task, model=model, size=size, data_dir=data_dir, epochs=epochs,
                         batch_size=batch_size,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
-                        augment=augment, pretrained=pretrained, seed=seed, device=device, out=out, name=name,
+                        augment=augment, pretrained=pretrained, patience=patience, select=select,
+                        ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
     console = _console(stderr=True)
     run = fit(cfg, resume=resume, console=console)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from meddx.errors import MeddxError
+
+if TYPE_CHECKING:
+    import torch
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -176,6 +180,26 @@ def read_pair(image_path: str | Path, label_path: str | Path,
     if spacing is not None:
         image, label = resample(image, spacing), resample(label, spacing, label=True)
     return image, label
+
+
+def read_volume_tensor(path: str | Path) -> torch.Tensor:
+    """A (C, D, H, W) tensor from a (D, H, W) or (C, D, H, W) ``.npy`` array or any :func:`read_volume` file."""
+    import torch
+
+    p = Path(path)
+    if p.suffix.lower() != ".npy":
+        return torch.from_numpy(np.ascontiguousarray(read_volume(p).array))[None]
+    if not p.is_file():
+        raise MeddxError("file not found", p)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MeddxError(f"not a readable .npy array ({exc})", p) from None
+    if arr.dtype.kind not in "uif" or arr.ndim not in (3, 4):
+        raise MeddxError(f"expected a (D, H, W) or (C, D, H, W) volume, got {arr.dtype} {arr.shape}", p)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise MeddxError("array contains NaN or infinite values", p)
+    return torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 4 else arr[None]))
 
 
 def prepare_intensities(array: np.ndarray) -> np.ndarray:

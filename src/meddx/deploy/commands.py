@@ -40,20 +40,21 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option(..., help="prune | prune-structured | ptq | qat"),
         amount: float = typer.Option(0.5, help="fraction of weights (prune) or channels (prune-structured) removed"),
         epochs: int = typer.Option(1, help="fine-tune epochs after pruning / of QAT (0: none)"),
-        lr: float = typer.Option(2e-4, help="fine-tune learning rate (AdamW, cosine)"),
+        lr: float | None = typer.Option(None, help="fine-tune learning rate (AdamW, cosine); default by method"),
         max_train: int | None = typer.Option(None, help="at most this many training images per fine-tune epoch"),
         calibration_samples: int = typer.Option(512, help="training images that calibrate the int8 ranges"),
         calibration: str = typer.Option("minmax", help="int8 calibration: minmax | percentile | entropy"),
         data: str | None = typer.Option(None, help="data set (default: the run's)"),
         out: Path | None = typer.Option(None, help="parent folder of the new run (default: beside the source)"),
         name: str | None = typer.Option(None, help="new run folder name"),
+        bootstrap: int = typer.Option(200, help="bootstrap resamples for the metrics' 95% CIs (0: none)"),
     ) -> None:
         """Prune or quantize a trained run into a NEW run folder with metadata and test metrics."""
         from meddx.deploy.compress import compress_run
 
         new = compress_run(run, method, amount=amount, epochs=epochs, lr=lr, max_train=max_train,
                            calibration_samples=calibration_samples, calibration=calibration, data_spec=data,
-                           out=out, name=name)
+                           out=out, name=name, n_bootstrap=bootstrap)
         m = json.loads(new.metrics.read_text())
         info = json.loads((new.path / "compress.json").read_text())
         typer.echo(f"{method}: test ACC {m['acc']:.4f} ({m['delta_acc']:+.4f}) AUC {m['auc']:.4f} "

@@ -19,7 +19,7 @@ def explain(
     run: Path = typer.Argument(..., help="run folder or .safetensors checkpoint"),
     images: list[Path] = typer.Argument(..., help="PNG/JPEG/.npy files (.npy volumes for 3D models)"),
     method: str = typer.Option("gradcam", help="gradcam | gradcam++ | hirescam | xgradcam | layercam | scorecam | "
-                               "eigencam | integrated_gradients | saliency | occlusion"),
+                               "eigencam | integrated_gradients | saliency | occlusion (all work on 3D volumes too)"),
     target: str | None = typer.Option(None, help="class name or index to explain (default: each image's "
                                       "predicted class)"),
     out: Path | None = typer.Option(None, help="output folder (default: RUN/explanations)"),

@@ -97,8 +97,8 @@ def _render(context: dict[str, Any]) -> str:
             if not idx:
                 cells.append(f"<td class='note'>no {kind} predictions</td>")
                 continue
-            caps = [f"{'ok' if kind == 'correct' else 'wrong'}: {classes[t]} {y_score[i, t]:.2f}"
-                    for i, t in zip(idx, explained)]
+            caps = [f"pred {classes[t]} ({y_score[i, t]:.2f})" if not multilabel
+                    else f"{classes[t]}: {y_score[i, t]:.2f}" for i, t in zip(idx, explained)]
             png = row_png([images[i] for i in idx], [found[(i, t)] for i, t in zip(idx, explained)], caps)
             cells.append(f"<td>{img_tag(png, f'{classes[c]}: {kind}', 90 * len(idx) + 10)}</td>")
         rows.append(f"<tr><td>{escape(str(classes[c]))}</td>{''.join(cells)}</tr>")

@@ -100,14 +100,13 @@ def froc(candidates: Sequence[dict[str, Any]], nodules: Sequence[dict[str, Any]]
     fp_scores: list[float] = []
     for cand, ref in zip(candidates, nodules):
         scores = np.asarray(cand["scores"], float).reshape(-1)
-        centres = np.asarray(cand["centres"], float).reshape(len(scores), -1)
-        ref_c = np.asarray(ref["centres"], float)
         radii = np.asarray(ref["diameters"], float).reshape(-1) / 2.0
-        ref_c = ref_c.reshape(len(radii), -1)
-        if len(radii) == 0:
+        if len(radii) == 0 or len(scores) == 0:
             fp_scores.extend(scores.tolist())
             continue
-        dist = np.sqrt(((centres[:, None, :] - ref_c[None, :, :]) ** 2).sum(-1)) if len(scores) else np.zeros((0, 0))
+        centres = np.asarray(cand["centres"], float).reshape(len(scores), -1)
+        ref_c = np.asarray(ref["centres"], float).reshape(len(radii), -1)
+        dist = np.sqrt(((centres[:, None, :] - ref_c[None, :, :]) ** 2).sum(-1))
         hits = dist <= radii[None, :]  # (candidates, nodules)
         fp_scores.extend(scores[~hits.any(1)].tolist())
         for j in range(len(radii)):

@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HEATMAP_PRIOR = -2.19  # logit of 0.1: the focal loss starts from "mostly background" (CenterNet's init)
+# channels-last tensors make oneDNN's CPU convolutions markedly faster (about 1.3-2x measured on 2 cores)
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 def _conv(dims: int):
@@ -79,6 +81,7 @@ class CenterNet(nn.Module):
         nn.init.zeros_(self.head[-1].bias[num_classes:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=CHANNELS_LAST[self.spatial_dims])
         feats = []
         for stage in self.stages:
             x = stage(x)
@@ -94,6 +97,8 @@ def build_centernet_slim(in_channels: int, num_classes: int, input_size: int = 2
                          ) -> CenterNet:
     """2D: widths 24-192, output stride 4 (BCCD at 320x240 -> an 80x60 grid). 3D: widths 16-128, stride 2."""
     if spatial_dims == 3:
-        return CenterNet(in_channels, num_classes, 3, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1),
-                         decoder=32, output_stride=2)
-    return CenterNet(in_channels, num_classes, 2)
+        model = CenterNet(in_channels, num_classes, 3, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1),
+                          decoder=32, output_stride=2)
+    else:
+        model = CenterNet(in_channels, num_classes, 2)
+    return model.to(memory_format=CHANNELS_LAST[spatial_dims])

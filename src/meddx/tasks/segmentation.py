@@ -141,7 +141,7 @@ class SegmentationTask:
 
         device = torch.device(device)
         model.eval()
-        per = 1 if self.spatial_dims == 3 else max(1, batch_size)
+        per = 1 if self.spatial_dims == 3 else max(1, min(batch_size, 32))  # full-resolution activations: keep small
         out = []
         for i in range(0, len(images), per):
             x = normalize(images[i:i + per].to(device))
