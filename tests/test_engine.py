@@ -114,3 +114,25 @@ def test_model_checkpoint_follows_select(tmp_path, fake_npz):
     assert any(k.startswith("live.") for k in tensors) and state["extra"]["ema_n"] > 0
     with pytest.raises(MeddxError, match="select must be last or best"):
         TrainConfig(select="worst").validate()
+
+
+def test_time_budget_shortens_schedule_and_finishes_decay(tmp_path, fake_npz, monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(fit_module.time, "time", lambda: clock["t"])
+    real = fit_module.train_one_epoch
+
+    def slow_epoch(*a, **k):
+        clock["t"] += 60.0  # every epoch "takes" a minute
+        return real(*a, **k)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", slow_epoch)
+    run = fit(_cfg(tmp_path, fake_npz, name="budget", epochs=20, max_minutes=4))
+    hist = run.read_history()
+    assert len(hist) == 4
+    assert hist[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine decay completed inside the budget
+
+
+def test_epochs_within_budget():
+    assert fit_module._epochs_within_budget(600, 120, 2, 0, 100) == 10
+    assert fit_module._epochs_within_budget(600, 10, 2, 0, 100) == 100
+    assert fit_module._epochs_within_budget(60, 120, 2, 3, 100) == 5

@@ -36,18 +36,28 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
         opt = torch.optim.AdamW(groups, lr=lr, foreach=True)
     else:
         opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, foreach=True)
-    total = max(1, steps_per_epoch * epochs)
-    warm = min(total // 2, steps_per_epoch * cfg.warmup_epochs)
+    schedule = WarmupSchedule(cfg.schedule, total=max(1, steps_per_epoch * epochs),
+                              warm=steps_per_epoch * cfg.warmup_epochs)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, total - warm)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+class WarmupSchedule:
+    """Linear warm-up, then cosine (or x0.1 at 50%/75%) decay over ``total`` steps.
+
+    A callable object rather than a lambda so that ``LambdaLR.state_dict`` saves its fields (JSON-able),
+    and so that ``total`` can shrink when a time budget cuts the run short (the decay still completes).
+    """
+
+    def __init__(self, kind: str, total: int, warm: int) -> None:
+        self.kind, self.total, self.warm = kind, total, min(total // 2, warm)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        t = min(1.0, (step - self.warm) / max(1, self.total - self.warm))
+        if self.kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
         return 0.1 ** sum(t >= m for m in (0.5, 0.75))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, task_kind: str,
@@ -113,6 +123,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
         restore_optimizer(optimizer, tensors, state)
         extra = state["extra"]
         scheduler.load_state_dict(extra["scheduler"])
+        epochs = int(scheduler.lr_lambdas[0].total // steps)  # a time budget may have shortened the schedule
         if ema is not None:
             ema.module.load_state_dict(model_state(tensors))
             ema.n_averaged.fill_(int(extra.get("ema_n", 0)))
@@ -127,7 +138,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
         best_epoch = max(history, key=lambda r: r.get(f"val_{task.monitor}", -math.inf))["epoch"]
         stale = history[-1]["epoch"] - best_epoch
     with EpochProgress(epochs, steps, enabled=cfg.progress, console=console) as bar:
-        for epoch in range(start_epoch, epochs):
+        epoch = start_epoch - 1
+        while epoch + 1 < epochs:
+            epoch += 1
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: identical after a resume
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             bar.start_epoch(epoch)
@@ -163,12 +176,23 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
             if stale >= patience:
                 bar.note(f"early stop: no {task.monitor} gain on validation for {patience} epochs")
                 break
-            if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
-                bar.note(f"time budget of {cfg.max_minutes} min reached")
-                break
+            if cfg.max_minutes:
+                fits = _epochs_within_budget(cfg.max_minutes * 60, time.time() - t0, epoch + 1 - start_epoch,
+                                             start_epoch, epochs)
+                if fits < epochs:
+                    epochs = fits
+                    scheduler.lr_lambdas[0].total = steps * epochs  # finish the decay inside the budget
+                    bar.set_epochs(epochs)
+                    bar.note(f"time budget of {cfg.max_minutes} min: schedule shortened to {epochs} epochs")
     if writer is not None:
         writer.close()
     return run
+
+
+def _epochs_within_budget(budget_s: float, elapsed_s: float, done: int, start: int, planned: int) -> int:
+    """How many epochs in total fit in ``budget_s``, from the mean time of the ``done`` epochs so far."""
+    per_epoch = elapsed_s / max(done, 1)
+    return max(start + done, min(planned, int(budget_s / per_epoch) + start))
 
 
 def _tensorboard(path: Path):

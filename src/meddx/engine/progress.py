@@ -30,6 +30,11 @@ class EpochProgress:
         if self.enabled:
             self.progress.__exit__(*exc)
 
+    def set_epochs(self, epochs: int) -> None:
+        self.epochs = epochs
+        if self.enabled:
+            self.progress.update(self.all, total=epochs * self.steps)
+
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if self.enabled:
