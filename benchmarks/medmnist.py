@@ -29,8 +29,10 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--out", default="/tmp/meddx-bench-runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--phantom", action="store_true", help="also train the default recipe on the CT phantom")
     args = ap.parse_args()
 
+    from meddx.data import load_data
     from meddx.data.medmnist import guess_name, load_medmnist, medmnist_info
     from meddx.engine.config import TrainConfig
     from meddx.engine.evaluate import evaluate_run
@@ -40,11 +42,11 @@ def main() -> None:
                    medmnist_info()[n]["spatial_dims"] == 2 and p.stem == n)
     if args.only:
         files = [p for p in files if p.stem in args.only]
-    if not files:
+    if not files and not args.phantom:
         sys.exit(f"no 2D MedMNIST .npz files under {SHARED}")
     rows = []
-    for path in files:
-        data = load_medmnist(path)
+    for path in files + (["phantom"] if args.phantom else []):
+        data = load_data("phantom") if path == "phantom" else load_medmnist(path)
         cfg = TrainConfig(data=str(path), out=args.out, name=f"{data.name}-seed{args.seed}", seed=args.seed,
                           max_minutes=args.max_minutes, progress=False)
         t = time.time()
