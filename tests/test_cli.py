@@ -95,3 +95,14 @@ def test_train_bad_inputs(tmp_path):
     assert r.exit_code == 2 and "unknown model 'nosuchnet'" in r.output
     r = invoke("evaluate", tmp_path)
     assert r.exit_code == 2 and "not a meddx run folder" in r.output
+
+
+def test_predict_jpeg_and_tensorboard_logging(phantom_run, tmp_path, fake_npz):
+    jpg = tmp_path / "slice.jpg"
+    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(jpg, quality=90)
+    r = invoke("predict", phantom_run, jpg, "--json")
+    assert r.exit_code == 0 and json.loads(r.output)[0]["file"].endswith("slice.jpg")
+    r = invoke("train", "--data", fake_npz, "--model", "seednet", "--epochs", "1", "--out", tmp_path, "--name", "tb",
+               "--tensorboard", "--no-evaluate")
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
