@@ -68,7 +68,7 @@ def test_run_folder_contents_and_reproducibility(tmp_path, fake_npz):
 
 
 def test_resume_after_crash_matches_uninterrupted(tmp_path, fake_npz, monkeypatch):
-    full = fit(_cfg(tmp_path, fake_npz, name="full", epochs=4, augment="auto"))
+    full = fit(_cfg(tmp_path, fake_npz, name="full", epochs=4, augment="auto", ema_decay=0.9))
     real = fit_module.train_one_epoch
     calls = {"n": 0}
 
@@ -80,7 +80,7 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path, fake_npz, monkeypatc
 
     monkeypatch.setattr(fit_module, "train_one_epoch", crashing)
     with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(tmp_path, fake_npz, name="crash", epochs=4, augment="auto"))
+        fit(_cfg(tmp_path, fake_npz, name="crash", epochs=4, augment="auto", ema_decay=0.9))
     monkeypatch.setattr(fit_module, "train_one_epoch", real)
     crashed = fit_module.RunDir.open(tmp_path / "runs" / "crash")
     assert len(crashed.read_history()) == 2
@@ -106,7 +106,7 @@ def test_auto_epochs_and_config_validation():
 
 
 def test_model_checkpoint_follows_select(tmp_path, fake_npz):
-    last = fit(_cfg(tmp_path, fake_npz, name="l", epochs=2))
+    last = fit(_cfg(tmp_path, fake_npz, name="l", epochs=2, ema_decay=0.9))
     best = fit(_cfg(tmp_path, fake_npz, name="b", epochs=2, select="best"))
     assert last.model_checkpoint().name == "last.safetensors"
     assert best.model_checkpoint().name == "best.safetensors"

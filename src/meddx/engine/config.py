@@ -31,7 +31,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: bool = False
     augment: str = "auto"  # auto (by modality) | none | a policy name from meddx.data.augment.POLICIES
-    ema_decay: float = 0.995  # >0: validate/test an exponential moving average of the weights (BN stats too)
+    ema_decay: float = 0.0  # >0: validate/test an exponential moving average of the weights
     patience: int | None = None  # early stopping after this many epochs without val gain; None: off
     select: str = "last"  # model used by evaluate/predict: "last" (end of the schedule) or "best" (best val metric)
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded

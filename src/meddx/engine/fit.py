@@ -106,7 +106,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     ema = None
     if cfg.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
 
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, -math.inf
