@@ -47,9 +47,25 @@ def _load_run_data(cfg: TrainConfig, data_spec: str | None, why: str | None) -> 
                          f"({exc}); pass --data with the data set") from None
 
 
+def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, norm: Normalization, n: int = 2048,
+                   batch_size: int = 256, device: str = "cpu") -> None:
+    """Recompute BatchNorm running statistics on ``n`` un-augmented training images (cumulative average).
+
+    Pruning changes every layer's activation statistics; a short fine-tune only half-updates the running
+    means/variances (momentum 0.1 over a few steps), which leaves the network miscalibrated: AUC intact, but
+    every image pushed to one class. ``torch.optim.swa_utils.update_bn`` re-estimates them from scratch.
+    """
+    batches = [norm(images[i:i + batch_size].to(device)) for i in range(0, min(n, len(images)), batch_size)]
+    torch.optim.swa_utils.update_bn(batches, model)
+    model.eval()
+
+
 def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, cfg: TrainConfig, *, epochs: int,
-             lr: float, max_train: int | None = None, seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
-    """A short AdamW + cosine fine-tune with the run's augmentation; keeps the state with the best val metric."""
+             lr: float, max_train: int | None = None, seed: int = 0, device: str = "cpu",
+             bn_recalibration: bool = True) -> list[dict[str, Any]]:
+    """A short AdamW + cosine fine-tune with the run's augmentation, BatchNorm statistics re-estimated after
+    each epoch (``bn_recalibration``; off for QAT, whose BatchNorms are folded); keeps the state with the best
+    validation metric."""
     if epochs <= 0:
         return []
     policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
@@ -68,6 +84,8 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
         tic = time.time()
         stats = train_one_epoch(model, train, task, opt, sched, norm, batch_size=batch, device=torch.device(device),
                                 policy=policy, generator=gen)
+        if bn_recalibration:
+            recalibrate_bn(model, data.train.images, norm, device=device)
         y_score, _ = predict(model, data.val.images, task, norm, batch_size=cfg.eval_batch_size, device=device)
         val = task.quick_metrics(data.val.labels.numpy(), y_score)
         history.append({"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items()},
@@ -102,7 +120,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     training images calibrate the int8 ranges (ptq, qat).
     """
     from meddx.deploy import onnx_export, prune, quantize
-    from meddx.deploy.latency import count_parameters, file_mb, zipped_mb
+    from meddx.deploy.latency import count_parameters, file_mb, weights_mb, zipped_mb
     from meddx.models import get_model_spec
 
     if method not in METHODS:
@@ -133,7 +151,8 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     y_true = data.test.labels.numpy()
     src_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
     source = task.quick_metrics(y_true, src_score)
-    before = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": file_mb(ckpt)}
+    # weights only: a ``last`` checkpoint also holds the optimiser state
+    before = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": weights_mb(ckpt)}
 
     run = _new_run(src, out, name, method)
     info: dict[str, Any] = {"method": method, "source_run": str(src.path), "source_checkpoint": str(ckpt),
@@ -157,7 +176,8 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
             for batch in quantize.calibration_batches(data.train.images, calibration_samples, seed=seed):
                 model(norm(torch.from_numpy(batch)))
         quantize.enable_act_quant(handles)
-        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
+                           bn_recalibration=False)
         quantize.finish_qat(model, handles)
         info["options"] = {"fake_quant": "int8 symmetric per-channel weights, uint8 per-tensor Conv/Linear inputs",
                            "batchnorm": "folded before QAT"}
@@ -174,7 +194,6 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     info["sparsity"] = prune.weight_sparsity(model)
     if method == "prune":
         after["zipped_mb"] = zipped_mb(run.best)
-        before["zipped_mb"] = zipped_mb(ckpt)
 
     runtime = "torch"
     if method in INT8_METHODS:

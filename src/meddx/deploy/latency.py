@@ -72,6 +72,21 @@ def file_mb(path: Any) -> float:
     return Path(path).stat().st_size / 1e6
 
 
+def weights_mb(path: Any) -> float:
+    """Bytes of the model weights in a meddx checkpoint (optimiser state of a ``last`` checkpoint excluded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return sum(_nbytes(f.get_slice(k)) for k in f.keys() if k.startswith("model.")) / 1e6
+
+
+def _nbytes(tensor_slice: Any) -> int:
+    import math
+
+    sizes = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1, "F64": 8}
+    return math.prod(tensor_slice.get_shape()) * sizes.get(tensor_slice.get_dtype(), 4)
+
+
 def zipped_mb(path: Any) -> float:
     """Size after DEFLATE compression: what zero weights from unstructured pruning save in storage."""
     import zlib
