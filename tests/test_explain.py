@@ -18,6 +18,7 @@ from meddx.explain.faithfulness import (
     FaithfulnessMeter,
     curve_auc,
     deletion_auc,
+    deletion_aucs,
     energy_in_mask,
     insertion_auc,
     perturbation_curve,
@@ -30,6 +31,15 @@ pytest.importorskip("pytorch_grad_cam")
 pytest.importorskip("captum")
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 # small settings that still exercise every code path: integrated gradients' steps and internal batches,
 # occlusion's window and stride (the defaults would slide a 2-px window over the image: slow for a unit test)
 FAST = {"n_steps": 4, "internal_batch_size": 16, "window": 4, "stride": 4}
@@ -215,10 +225,37 @@ def test_deletion_and_insertion_reward_the_right_map():
     f, p = perturbation_curve(model, image, good, 1, **kw)
     assert f[0] == 0 and f[-1] == 1 and len(p) == 17 and p[0] > 0.99 and p[-1] == pytest.approx(0.5)
     assert curve_auc([0, 1], [1, 1]) == 1.0
+    # batched over images = one by one; max_fraction covers only the start of the curve
+    images, maps = torch.ones(2, 1, 16, 16), np.stack([good, bad])
+    batched = deletion_aucs(model, images, maps, 1, steps=8)
+    assert batched.shape == (2,) and batched[0] == pytest.approx(deletion_auc(model, image, good, 1, steps=8))
+    f, p = perturbation_curve(model, image, good, 1, steps=4, max_fraction=1 / 16, baseline="mean")
+    assert f[-1] == pytest.approx(1 / 16) and p[-1] == pytest.approx(0.5)  # the whole patch is gone at 1/16
     vol = torch.ones(1, 6, 6, 6)
     f, p = perturbation_curve(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(216, 2)), vol,
-                              np.random.rand(6, 6, 6), 0, steps=4)  # 3D with the blurred baseline
+                              np.random.rand(6, 6, 6), 0, steps=4, baseline="blur")  # 3D
     assert len(p) == 5 and np.isfinite(p).all()
+
+
+def test_impute_fills_removed_pixels_from_their_neighbours():
+    from meddx.explain.faithfulness import impute
+
+    x = torch.zeros(1, 1, 12, 12)
+    x[..., :, 6:] = 2.0  # left half 0, right half 2
+    removed = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    removed[..., 5:7, 1:3] = True  # a hole inside the left half
+    removed[..., 5:7, 9:11] = True  # and one inside the right half
+    out = impute(x, removed)
+    assert torch.equal(out[~removed.expand_as(out)], x[~removed.expand_as(x)])  # kept pixels untouched
+    assert out[..., 5:7, 1:3].abs().max() < 0.05 and (out[..., 5:7, 9:11] - 2).abs().max() < 0.05
+    everything = torch.ones_like(removed)
+    assert torch.equal(impute(x, everything), torch.zeros_like(x))  # nothing kept: the training mean
+    vol = torch.full((1, 2, 6, 6, 6), 3.0)
+    hole = torch.zeros(1, 1, 6, 6, 6, dtype=torch.bool)
+    hole[..., 2:4, 2:4, 2:4] = True
+    assert torch.allclose(impute(vol, hole), vol)  # 3D, two channels
+    with pytest.raises(MeddxError, match="baseline"):
+        deletion_auc(PatchModel(), torch.ones(1, 16, 16), np.zeros((16, 16)), 1, baseline="nope")
 
 
 # --------------------------------------------------------------------------- CLI and report
@@ -258,7 +295,8 @@ def test_cli_explain_writes_pngs_json_and_gallery(tmp_path):
         assert (out / name).is_file(), name
     assert (out / "a.gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "explanations.json").read_text())
-    assert rec["method"] == "gradcam" and rec["layer"] == "layer4" and len(rec["items"]) == 2
+    assert rec["method"] == "gradcam" and len(rec["items"]) == 2
+    assert rec["layer"] == get_model_spec("resnet18_slim").target_layer
     item = rec["items"][0]
     assert item["target"] == "nodule" and item["predicted"] in ("no nodule", "nodule")
     assert item["map"]["shape"] == [32, 32] and 0 <= item["map"]["min"] <= item["map"]["max"] <= 1
@@ -321,7 +359,8 @@ def test_report_section_shows_maps_and_never_breaks():
     assert "meddx.explain.report_section:heatmap_section" in REPORT_SECTIONS
     model = create_model("resnet18_slim", 1, 3, 28)
     section = heatmap_section(_context(model, "resnet18_slim"))
-    assert "data:image/png;base64," in section.html and "layer4" in section.html and "c2" in section.html
+    assert "data:image/png;base64," in section.html and "c2" in section.html
+    assert f"<code>{get_model_spec('resnet18_slim').target_layer}</code>" in section.html
     assert hook_count(model) == 0
     broken = heatmap_section(_context(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3)),
                                       "resnet18_slim"))

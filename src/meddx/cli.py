@@ -158,7 +158,7 @@ def demo(
     from meddx.engine.fit import fit
 
     console = _console(stderr=True)
-    console.print("meddx demo: nodule / no nodule on synthetic CT slices (lung window, 48 px)")
+    console.print("meddx demo: nodule / no nodule on synthetic CT slices (lung window, 28 px)")
     cfg = _train_config(data="phantom", epochs=epochs or 10, out=out, seed=seed, name=f"demo-phantom-seed{seed}")
     run_dir = Path(cfg.out) / cfg.name
     if run_dir.exists():

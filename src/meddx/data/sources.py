@@ -15,7 +15,7 @@ from meddx.data.dataset import DataBundle, Split
 from meddx.errors import MeddxError
 
 PHANTOM_SPLITS = {"train": 2000, "val": 400, "test": 800}
-PHANTOM_SIZE = 48
+PHANTOM_SIZE = 28  # MNIST-like, like MedMNIST; `--size 48/64` gives larger slices (and slower training)
 
 
 def load_data(spec: str, *, data_dir: str | None = None, size: int | None = None, seed: int = 0,

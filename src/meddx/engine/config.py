@@ -15,7 +15,8 @@ class TrainConfig:
     # data
     data: str = "phantom"  # "phantom", a MedMNIST name or .npz path, an image folder, or a CSV manifest
     data_dir: str | None = None
-    size: int = 28  # MedMNIST file size (28/64/128/224) or resize target for folders/CSV; phantom side
+    size: int | None = None  # MedMNIST file size (28/64/128/224), resize target for folders/CSV, phantom side;
+    # None: the source's default (28 px)
     task: str = "classification"
     # model
     model: str = "resnet18_slim"

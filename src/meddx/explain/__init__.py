@@ -14,7 +14,8 @@ _EXPORTS = {
     "explain": "methods", "METHODS": "methods", "get_method": "methods", "list_methods": "methods",
     "resolve_layer": "methods", "hook_count": "methods",
     "pointing_game": "faithfulness", "energy_in_mask": "faithfulness", "deletion_auc": "faithfulness",
-    "insertion_auc": "faithfulness", "perturbation_curve": "faithfulness", "FaithfulnessMeter": "faithfulness",
+    "insertion_auc": "faithfulness", "deletion_aucs": "faithfulness", "insertion_aucs": "faithfulness",
+    "perturbation_curve": "faithfulness", "perturbation_curves": "faithfulness", "FaithfulnessMeter": "faithfulness",
     "explain_files": "commands",
 }
 __all__ = sorted(_EXPORTS)

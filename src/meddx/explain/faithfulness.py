@@ -13,10 +13,10 @@ Without masks, with the model (the causal check):
 * :func:`perturbation_curve` / :func:`deletion_auc` / :func:`insertion_auc` - remove the most salient
   pixels first (deletion: the class probability should fall fast, lower AUC is better) or reveal them first
   on a removed canvas (insertion: it should rise fast, higher is better) (Petsiuk et al. 2018, RISE).
-  "Removed" means replaced by a strongly blurred copy of the image (``baseline="blur"``, sigma = 1/10 of the
-  side), which erases small structures such as nodules while keeping the image's overall intensities in
-  range; ``baseline="mean"`` uses 0 (the training mean after normalisation). Ties in the map are broken
-  randomly (seeded), so flat regions are not removed in raster order.
+  "Removed" means imputed from the kept pixels nearby (``baseline="impute"``, the idea of ROAD, Rong et al.
+  2022), so that removal does not itself create a finding; ``"blur"`` (a strongly blurred copy) and
+  ``"mean"`` (0, the training mean after normalisation) are the classic alternatives. Ties in the map are
+  broken randomly (seeded), so flat regions are not removed in raster order.
 
 Maps and masks are arrays of the same spatial shape (2D or 3D); all functions are rank-generic.
 """
@@ -88,17 +88,43 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
-def removal_canvas(x: torch.Tensor, baseline: str | float | torch.Tensor = "blur") -> torch.Tensor:
-    """What removed pixels are replaced with: a blurred copy (default), a constant, or a given tensor."""
+def impute(x: torch.Tensor, removed: torch.Tensor, sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+           support: float = 0.1) -> torch.Tensor:
+    """Replace ``removed`` pixels (a (N, 1, *spatial) bool mask) by a weighted mean of the kept pixels nearby.
+
+    Normalised convolution at the finest scale in ``sigmas`` that has enough kept pixels around (a Gaussian
+    weight of at least ``support``); where nothing is kept within reach, 0 (the training mean after
+    normalisation). This is the idea of ROAD's linear imputation (Rong et al. 2022), written here because
+    pytorch-grad-cam's ROAD is 2D-only and solves a sparse system per image: a removed nodule becomes the
+    lung around it instead of a grey or blurred blob that the classifier may read as a finding.
+    """
+    kept = (~removed).to(x.dtype)
+    fill = torch.zeros_like(x)
+    done = torch.zeros_like(removed)
+    for sigma in sigmas:
+        den = blur(kept, sigma)
+        ok = (den > support) & ~done
+        if ok.any():
+            fill = torch.where(ok, blur(x * kept, sigma) / den.clamp_min(1e-6), fill)
+            done |= ok
+        if bool(done.all()):
+            break
+    return torch.where(removed, fill, x)
+
+
+def remove(x: torch.Tensor, removed: torch.Tensor, baseline: str | float | torch.Tensor = "impute") -> torch.Tensor:
+    """``x`` with the ``removed`` pixels replaced: imputed from kept neighbours (default), blurred or constant."""
     if isinstance(baseline, torch.Tensor):
-        return baseline.to(x).expand_as(x)
+        return torch.where(removed, baseline.to(x).expand_as(x), x)
+    if baseline == "impute":
+        return impute(x, removed)
     if baseline == "blur":
-        return blur(x, max(1.0, min(x.shape[2:]) / 10))
+        return torch.where(removed, blur(x, max(1.0, min(x.shape[2:]) / 10)), x)
     if baseline == "mean":
-        return torch.zeros_like(x)
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(x, float(baseline))
-    raise MeddxError(f"unknown removal baseline {baseline!r}; use 'blur', 'mean', a number or a tensor")
+        return torch.where(removed, torch.zeros_like(x), x)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return torch.where(removed, torch.full_like(x, float(baseline)), x)
+    raise MeddxError(f"unknown removal baseline {baseline!r}; use 'impute', 'blur', 'mean', a number or a tensor")
 
 
 def _default_prob(out: torch.Tensor) -> torch.Tensor:
@@ -106,62 +132,96 @@ def _default_prob(out: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perturbation_curve(model: nn.Module, image: torch.Tensor, heatmap: Any, target: int, *,
-                       mode: str = "deletion", steps: int = 20, baseline: str | float | torch.Tensor = "blur",
-                       prob_fn: Callable[[torch.Tensor], torch.Tensor] = _default_prob, batch_size: int = 64,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(fractions, target probabilities) as the most salient pixels are removed (or inserted) in ``steps``.
+def perturbation_curves(model: nn.Module, images: torch.Tensor, heatmaps: Any, targets: Any, *,
+                        mode: str = "deletion", steps: int = 16, max_fraction: float = 1.0,
+                        baseline: str | float | torch.Tensor = "impute",
+                        prob_fn: Callable[[torch.Tensor], torch.Tensor] = _default_prob, batch_size: int = 256,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fractions (steps+1,), target probabilities (N, steps+1)) as the most salient pixels are removed/inserted.
 
-    ``image`` is one model-ready (C, *spatial) tensor and ``heatmap`` its (*spatial) map; all channels of a
-    pixel go together. Step 0 is the intact image for deletion and the fully removed one for insertion.
+    ``images`` are model-ready (N, C, *spatial), ``heatmaps`` (N, *spatial), ``targets`` a class index or one
+    per image; all channels of a pixel go together. Step 0 is the intact image for deletion and the fully
+    removed one for insertion. Ties in a map are broken randomly (seeded), so flat regions are not taken in
+    raster order. ``max_fraction`` < 1 stops the deletion after that share of the pixels (insertion starts
+    from an image with that share removed): for small findings (a nodule is ~1% of a phantom slice) the curve
+    beyond a few percent says nothing about the map. :func:`curve_auc` normalises by the range covered.
     """
+    if not 0 < max_fraction <= 1:
+        raise MeddxError(f"max_fraction must be in (0, 1], got {max_fraction}")
     if mode not in ("deletion", "insertion"):
         raise MeddxError(f"mode must be deletion or insertion, got {mode!r}")
     device = next(model.parameters()).device
-    x = image.detach().float().to(device).unsqueeze(0)
-    h = np.asarray(heatmap, dtype=np.float64)
-    if h.shape != tuple(x.shape[2:]):
-        raise MeddxError(f"heat map shape {h.shape} differs from the image's {tuple(x.shape[2:])}")
-    n = h.size
+    x = torch.as_tensor(images).detach().float().to(device)
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.shape != (x.shape[0],) + tuple(x.shape[2:]):
+        raise MeddxError(f"heat maps of shape {h.shape} do not fit images of shape {tuple(x.shape)}")
+    n_img, spatial = x.shape[0], tuple(x.shape[2:])
+    t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (n_img,))
+    n_pix = int(np.prod(spatial))
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(n), -np.nan_to_num(h.ravel(), nan=-np.inf)))  # most salient first
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    fractions = np.linspace(0.0, 1.0, steps + 1)
-    counts = np.round(fractions * n).astype(np.int64)
-    rank_t = torch.from_numpy(rank).to(device).view(1, 1, *h.shape)
-    canvas = removal_canvas(x, baseline)
+    ranks = np.empty((n_img, n_pix), np.int64)
+    for i in range(n_img):  # rank of each pixel, most salient first
+        order = np.lexsort((rng.random(n_pix), -np.nan_to_num(h[i].ravel(), nan=-np.inf)))
+        ranks[i, order] = np.arange(n_pix)
+    fractions = np.linspace(0.0, max_fraction, steps + 1)
+    counts = torch.from_numpy(np.round(fractions * n_pix).astype(np.int64)).to(device)
+    rank_t = torch.from_numpy(ranks).to(device).view(n_img, 1, *spatial)
+    # every (image, step) pair, in chunks of batch_size
+    pairs = [(i, k) for i in range(n_img) for k in range(steps + 1)]
     was_training = model.training
     model.eval()
-    probs = []
+    out = np.empty((n_img, steps + 1), np.float64)
     try:
-        for i in range(0, len(counts), batch_size):
-            k = torch.from_numpy(counts[i:i + batch_size]).to(device).view(-1, 1, *([1] * h.ndim))
-            chosen = rank_t < k  # (B, 1, *spatial): the top-k pixels
+        for c in range(0, len(pairs), batch_size):
+            chunk = pairs[c:c + batch_size]
+            ii = torch.tensor([p[0] for p in chunk], device=device)
+            kk = counts[torch.tensor([p[1] for p in chunk], device=device)].view(-1, 1, *([1] * len(spatial)))
+            chosen = rank_t[ii] < kk  # (B, 1, *spatial): each image's top-k pixels
             if mode == "deletion":
-                batch = torch.where(chosen, canvas, x)
-            else:
-                batch = torch.where(chosen, x, canvas)
-            probs.append(prob_fn(model(batch).float())[:, target].cpu())
+                removed = chosen
+            else:  # insertion: reveal the top-k pixels of the image with its top max_fraction removed
+                removed = (rank_t[ii] < counts[-1]) & ~chosen
+            prob = prob_fn(model(remove(x[ii], removed, baseline)).float())
+            sel = prob[torch.arange(len(chunk), device=device), torch.from_numpy(t[ii.cpu().numpy()]).to(device)]
+            for (i, k), v in zip(chunk, sel.cpu().tolist()):
+                out[i, k] = v
     finally:
         model.train(was_training)
-    return fractions, torch.cat(probs).numpy().astype(np.float64)
+    return fractions, out
 
 
-def curve_auc(fractions: Sequence[float], scores: Sequence[float]) -> float:
-    """Area under a perturbation curve (trapezoid rule over the removed fraction in [0, 1])."""
+def perturbation_curve(model: nn.Module, image: torch.Tensor, heatmap: Any, target: int, **kw: Any
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One image's curve: :func:`perturbation_curves` for a (C, *spatial) image and its (*spatial) map."""
+    f, p = perturbation_curves(model, torch.as_tensor(image)[None], np.asarray(heatmap)[None], target, **kw)
+    return f, p[0]
+
+
+def curve_auc(fractions: Sequence[float], scores: Any) -> Any:  # float for one curve, (N,) for N curves
+    """Mean height of perturbation curve(s): trapezoid area / fraction range covered; last axis = steps."""
     f, s = np.asarray(fractions, np.float64), np.asarray(scores, np.float64)
-    return float(np.sum((f[1:] - f[:-1]) * (s[1:] + s[:-1]) / 2))
+    area = np.sum((f[1:] - f[:-1]) * (s[..., 1:] + s[..., :-1]) / 2, axis=-1) / (f[-1] - f[0])
+    return float(area) if area.ndim == 0 else area
 
 
 def deletion_auc(model: nn.Module, image: torch.Tensor, heatmap: Any, target: int, **kw: Any) -> float:
-    """Area under the deletion curve (lower is better: the evidence the map points at really matters)."""
+    """Deletion AUC of one (C, *spatial) image and its map (lower is better); ``kw`` as :func:`perturbation_curves`."""
     return curve_auc(*perturbation_curve(model, image, heatmap, target, mode="deletion", **kw))
 
 
 def insertion_auc(model: nn.Module, image: torch.Tensor, heatmap: Any, target: int, **kw: Any) -> float:
-    """Area under the insertion curve (higher is better)."""
+    """Insertion AUC of one image and its map (higher is better)."""
     return curve_auc(*perturbation_curve(model, image, heatmap, target, mode="insertion", **kw))
+
+
+def deletion_aucs(model: nn.Module, images: torch.Tensor, heatmaps: Any, targets: Any, **kw: Any) -> np.ndarray:
+    """Deletion AUC per image of a (N, C, *spatial) batch, computed in large batches."""
+    return curve_auc(*perturbation_curves(model, images, heatmaps, targets, mode="deletion", **kw))
+
+
+def insertion_aucs(model: nn.Module, images: torch.Tensor, heatmaps: Any, targets: Any, **kw: Any) -> np.ndarray:
+    """Insertion AUC per image of a (N, C, *spatial) batch."""
+    return curve_auc(*perturbation_curves(model, images, heatmaps, targets, mode="insertion", **kw))
 
 
 class FaithfulnessMeter:

@@ -23,6 +23,7 @@ inside ``torch.no_grad()``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -244,19 +245,8 @@ def _as_batch(images: Any, model: nn.Module) -> torch.Tensor:
 # --------------------------------------------------------------------------- the methods
 
 
-def _cam_runner(cam_class_path: str) -> Callable[..., torch.Tensor]:
-    def run(model: nn.Module, x: torch.Tensor, targets: list[int | None], layer: nn.Module,
-            options: dict[str, Any]) -> torch.Tensor:
-        cam_class = _import(cam_class_path)
-        with released(cam_class(model=model, target_layers=[layer])) as cam:
-            cam.batch_size = int(options.get("batch_size", 32))  # Score-CAM's forward batch
-            maps = cam(input_tensor=x.requires_grad_(True), targets=[ClassTarget(t) for t in targets])
-        return torch.from_numpy(np.asarray(maps, dtype=np.float32))
-
-    return run
-
-
 def _import(path: str) -> Any:
+    """``module:name`` imported on first use, with a one-line hint when the optional extra is missing."""
     import importlib
 
     module, name = path.split(":")
@@ -267,11 +257,30 @@ def _import(path: str) -> Any:
             from None
 
 
-def _score_cam_class() -> type:
-    """pytorch-grad-cam's Score-CAM with rank-generic channel weights (its own upsampling is 2D only)."""
-    from pytorch_grad_cam import ScoreCAM
+def _cam_runner(cam_class: Callable[[], type]) -> Callable[..., torch.Tensor]:
+    """A method-table runner for one pytorch-grad-cam class: hooks on, one call, hooks off (also on error)."""
 
-    class RankGenericScoreCAM(ScoreCAM):
+    def run(model: nn.Module, x: torch.Tensor, targets: list[int | None], layer: nn.Module,
+            options: dict[str, Any]) -> torch.Tensor:
+        with released(cam_class()(model=model, target_layers=[layer])) as cam:
+            cam.batch_size = int(options.get("batch_size", 32))  # Score-CAM's forward batch
+            maps = cam(input_tensor=x.requires_grad_(True), targets=[ClassTarget(t) for t in targets])
+        return torch.from_numpy(np.asarray(maps, dtype=np.float32))
+
+    return run
+
+
+def _grad_cam(name: str) -> Callable[[], type]:
+    return lambda: _import(f"pytorch_grad_cam:{name}")
+
+
+@functools.cache
+def _score_cam_class() -> type:
+    """pytorch-grad-cam's Score-CAM with rank-generic channel weights (its own upsampling is 2D only, and it
+    prints a tqdm bar per image)."""
+    score_cam = _import("pytorch_grad_cam:ScoreCAM")
+
+    class RankGenericScoreCAM(score_cam):
         def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):  # noqa: ARG002
             with torch.no_grad():
                 act = torch.from_numpy(activations).to(self.device)
@@ -293,13 +302,6 @@ def _score_cam_class() -> type:
     return RankGenericScoreCAM
 
 
-def _score_cam(model, x, targets, layer, options):
-    with released(_score_cam_class()(model=model, target_layers=[layer])) as cam:
-        cam.batch_size = int(options.get("batch_size", 32))
-        maps = cam(input_tensor=x, targets=[ClassTarget(t) for t in targets])
-    return torch.from_numpy(np.asarray(maps, dtype=np.float32))
-
-
 def _forward_targets(model: nn.Module, x: torch.Tensor, targets: list[int | None]) -> list[int]:
     """Fill ``None`` targets with the predicted class and range-check the rest (one forward pass)."""
     with torch.no_grad():
@@ -316,8 +318,7 @@ def _forward_targets(model: nn.Module, x: torch.Tensor, targets: list[int | None
 
 
 def _integrated_gradients(model, x, targets, layer, options):
-    from captum.attr import IntegratedGradients
-
+    IntegratedGradients = _import("captum.attr:IntegratedGradients")  # noqa: N806
     t = _forward_targets(model, x, targets)
     baseline = options.get("baseline", 0.0)
     baselines = torch.full_like(x, float(baseline)) if not torch.is_tensor(baseline) else baseline.to(x)
@@ -328,8 +329,7 @@ def _integrated_gradients(model, x, targets, layer, options):
 
 
 def _saliency(model, x, targets, layer, options):
-    from captum.attr import Saliency
-
+    Saliency = _import("captum.attr:Saliency")  # noqa: N806
     t = _forward_targets(model, x, targets)
     return Saliency(model).attribute(x.clone().requires_grad_(True), target=t, abs=True).detach().amax(1)
 
@@ -341,8 +341,7 @@ def occlusion_window(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def _occlusion(model, x, targets, layer, options):
-    from captum.attr import Occlusion
-
+    Occlusion = _import("captum.attr:Occlusion")  # noqa: N806
     t = _forward_targets(model, x, targets)
     spatial = tuple(x.shape[2:])
     window, stride = occlusion_window(spatial)
@@ -356,22 +355,21 @@ def _occlusion(model, x, targets, layer, options):
     return attr.mean(1).clamp_min(0)  # positive: hiding the region lowers the target score
 
 
-_GC = "pytorch_grad_cam"
 _TABLE = (
     Method("gradcam", "Grad-CAM", "cam", True, "channel weights = mean gradient (Selvaraju et al. 2017)",
-           _cam_runner(f"{_GC}:GradCAM")),
+           _cam_runner(_grad_cam("GradCAM"))),
     Method("gradcam++", "Grad-CAM++", "cam", True, "second-order positive-gradient weights (Chattopadhay 2018)",
-           _cam_runner(f"{_GC}:GradCAMPlusPlus")),
+           _cam_runner(_grad_cam("GradCAMPlusPlus"))),
     Method("hirescam", "HiResCAM", "cam", True, "element-wise gradient x activation, summed over channels",
-           _cam_runner(f"{_GC}:HiResCAM")),
+           _cam_runner(_grad_cam("HiResCAM"))),
     Method("xgradcam", "XGrad-CAM", "cam", True, "activation-normalised gradient weights (Fu et al. 2020)",
-           _cam_runner(f"{_GC}:XGradCAM")),
+           _cam_runner(_grad_cam("XGradCAM"))),
     Method("layercam", "LayerCAM", "cam", True, "positive gradients x activations per location (Jiang 2021)",
-           _cam_runner(f"{_GC}:LayerCAM")),
+           _cam_runner(_grad_cam("LayerCAM"))),
     Method("scorecam", "Score-CAM", "cam", True, "weights = class score of the input masked by each channel "
-           "(one forward per channel; slow)", _score_cam),
+           "(one forward per channel; slow)", _cam_runner(_score_cam_class)),
     Method("eigencam", "Eigen-CAM", "cam", True, "first principal component of the activations (class-agnostic, "
-           "no gradients; sign is arbitrary)", _cam_runner(f"{_GC}:EigenCAM"), class_agnostic=True),
+           "no gradients; sign is arbitrary)", _cam_runner(_grad_cam("EigenCAM")), class_agnostic=True),
     Method("integrated_gradients", "Integrated Gradients", "gradient", True,
            "|path integral of input gradients| from a mean-image baseline, 32 steps (captum)", _integrated_gradients),
     Method("saliency", "Saliency", "gradient", True, "max |input gradient| over channels (captum)", _saliency),

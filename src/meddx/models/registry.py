@@ -34,7 +34,7 @@ _SPECS = (
               "features", "classifier.fc2", (2, 3)),
     ModelSpec("resnet18_slim", "monai_resnet:build_resnet18_slim",
               "ResNet-18 layout at 1/4 width, 3x3 stride-1 stem (fast default for 28-64 px, 2D and 3D)",
-              "MONAI", "layer4", "fc", (2, 3)),
+              "MONAI", "layer3", "fc", (2, 3)),  # layer3 (12x12 at 48 px) beat layer4 in benchmarks/explain.py
     ModelSpec("resnet18", "torchvision_nets:build_resnet18", "ResNet-18 (small-input stem below 64 px, as MedMNIST)",
               "torchvision", "layer4", "fc"),
     ModelSpec("resnet50", "torchvision_nets:build_resnet50", "ResNet-50 (small-input stem below 64 px, as MedMNIST)",
