@@ -5,7 +5,8 @@
 The plain loop is the seed's style: TensorDataset + DataLoader(shuffle=True), float conversion and
 normalisation per batch, forward, loss, backward, step, with `torch.optim.AdamW(model.parameters())`
 as written by hand. meddx runs `train_one_epoch` with augmentation off (the plain loop has none), its
-own optimiser set-up (parameter groups, foreach kernels), LR scheduler and progress callback on. Runs alternate (A B A B ...)
+own optimiser set-up (parameter groups, foreach kernels), LR scheduler and progress callback on.
+Runs alternate (A B A B ...)
 so that machine noise hits both; the ratio of medians is reported.
 """
 

@@ -67,7 +67,7 @@ def train(
     pretrained: str | None = typer.Option(None, help="weights file or run to start from (head replaced)"),
     patience: int | None = typer.Option(None, help="early stopping: epochs without validation gain (default off)"),
     select: str | None = typer.Option(None, help="model to test and ship: last (default) | best (val metric)"),
-    ema_decay: float | None = typer.Option(None, help="validate/test an EMA of the weights with this decay (default 0: off)"),
+    ema_decay: float | None = typer.Option(None, help="EMA of the weights with this decay (default 0: off)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
     out: str = typer.Option("runs", help="parent folder of run folders"),

@@ -288,7 +288,8 @@ def load_phantom_nodules(shape: tuple[int, int, int] = PHANTOM3D_SHAPE, seed: in
     """Phantom CT volumes (lung window, 8-bit, (N, 1, D, H, W)) with 3D boxes, centres and diameters per nodule."""
     from meddx.data.phantom import make_volumes, to_uint8
 
-    out, extra = {}, {}
+    out: dict[str, Split] = {}
+    extra: dict[str, Any] = {}
     for i, (name, n) in enumerate((splits or PHANTOM3D_SPLITS).items()):
         ph = make_volumes(n, shape=tuple(shape), seed=seed * 10 + i)
         images = torch.from_numpy(np.ascontiguousarray(to_uint8(ph.images)[:, None]))
@@ -297,6 +298,7 @@ def load_phantom_nodules(shape: tuple[int, int, int] = PHANTOM3D_SHAPE, seed: in
                    for b, c, d in zip(ph.boxes, ph.centres, ph.diameters)]
         out[name] = Split(images, targets, [f"phantom3d-{name}-{k}" for k in range(n)])
         extra[name] = {"spacing": list(ph.spacing)}
+        extra["spacing"] = list(ph.spacing)  # mm per voxel (z, y, x), stored in checkpoints
     return DataBundle(name="phantom3d-nodules", task="detection", class_names=["nodule"], modality="ct",
                       source=f"phantom3d(shape={tuple(shape)}, seed={seed})", extra=extra, **out)
 

@@ -45,7 +45,7 @@ class DetectionTask:
     default_model = "centernet_slim"
 
     def __init__(self, num_classes: int, spatial_dims: int = 2, max_detections: int = 100,
-                 score_floor: float = 0.01) -> None:
+                 score_floor: float = 0.001) -> None:
         if spatial_dims not in (2, 3):
             raise MeddxError(f"detection supports 2D and 3D images, not {spatial_dims}D")
         self.num_classes, self.spatial_dims = num_classes, spatial_dims
