@@ -22,6 +22,8 @@ def heatmap_section(context: dict[str, Any]):
     """``fn(context) -> ReportSection`` for ``REPORT_SECTIONS``; a note instead of pictures on any failure."""
     from meddx.report.html import ReportSection
 
+    if context.get("meta", {}).get("task", "classification") != "classification" or "y_score" not in context:
+        return None  # heat maps explain class scores; other tasks have their own report sections
     try:
         return ReportSection(TITLE, _render(context))
     except Exception as exc:  # noqa: BLE001 - the report must not fail because of an optional section
