@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from meddx.data import DataBundle, load_data
@@ -201,7 +200,3 @@ def _tensorboard(path: Path):
     except ImportError:
         raise MeddxError("--tensorboard needs the tensorboard package (pip install 'meddx[tensorboard]')") from None
     return SummaryWriter(str(path / "tensorboard"))
-
-
-def seconds_per_epoch(history: list[dict[str, Any]]) -> float:
-    return float(np.mean([r["seconds"] for r in history])) if history else 0.0
