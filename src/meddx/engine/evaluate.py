@@ -49,26 +49,22 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
         metrics, context = task.evaluate(model, part, norm, device=dev, batch_size=cfg.eval_batch_size,
                                          class_names=data.class_names, n_bootstrap=n_bootstrap, out_dir=run.path,
                                          split_name=split)
-        metrics.update({"split": split, "checkpoint": ckpt.name, "epoch": meta["epoch"], "dataset": data.name,
-                        "model": meta["model"]})
-        run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
-        if report:
-            write_run_report(run, cfg, data, metrics, {"model": model, "meta": meta, "split": split,
-                                                       "device": dev, **context})
-        return metrics
-    y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,
-                            labels=part.labels)
-    y_true = part.labels.numpy()
-    metrics = task.full_metrics(y_true, y_score, data.class_names, n_bootstrap=n_bootstrap)
-    metrics.update({"split": split, "loss": loss, "checkpoint": ckpt.name, "epoch": meta["epoch"],
-                    "dataset": data.name, "model": meta["model"]})
+    else:
+        y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,
+                                labels=part.labels)
+        y_true = part.labels.numpy()
+        metrics = task.full_metrics(y_true, y_score, data.class_names, n_bootstrap=n_bootstrap)
+        metrics["loss"] = loss
+        with atomic_path(run.path / f"predictions_{split}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, y_true=y_true, y_score=y_score)
+        context = {"y_true": y_true, "y_score": y_score}
+    metrics.update({"split": split, "checkpoint": ckpt.name, "epoch": meta["epoch"], "dataset": data.name,
+                    "model": meta["model"]})
     run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
-    with atomic_path(run.path / f"predictions_{split}.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, y_true=y_true, y_score=y_score)
     if report:
-        write_run_report(run, cfg, data, metrics, {"model": model, "meta": meta, "split": split,
-                                                   "y_true": y_true, "y_score": y_score, "device": dev})
+        write_run_report(run, cfg, data, metrics, {"model": model, "meta": meta, "split": split, "device": dev,
+                                                   **context})
     return metrics
 
 
