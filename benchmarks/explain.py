@@ -1,9 +1,10 @@
 """Faithfulness of every explanation method on the synthetic CT phantom, where every nodule's mask is known.
 
-    python benchmarks/explain.py [--run RUN] [--epochs 12] [--images 150] [--layers layer4 layer3]
+    python benchmarks/explain.py [--run RUN] [--epochs 20] [--train-images 6000] [--images 150] [--layers layer4 layer3]
 
-1. Model: the default recipe (resnet18_slim, `meddx train --data phantom`) at 48 px with a fixed, modest epoch
-   count, trained once here on the CPU (or reused: --run, or the run folder a previous call left in --out).
+1. Model: the default recipe (resnet18_slim, `meddx train --data phantom`) at 48 px on --train-images slices
+   with a fixed epoch count, trained once here on the CPU (or reused: --run, or the run folder a previous call
+   left in --out).
 2. Images: test images labelled "nodule" that the model also calls "nodule" (true positives), the first
    --images of them; every method explains the class "nodule" on the same images.
 3. Per method: pointing game (the map's peak inside a nodule mask; strict, and with the original protocol's
@@ -54,7 +55,7 @@ def get_run(args):
 
     if args.run:
         return Path(args.run)
-    name = f"explain-bench-phantom{args.size}-e{args.epochs}-seed{args.seed}"
+    name = f"explain-bench-phantom{args.size}-n{args.train_images}-e{args.epochs}-seed{args.seed}"
     path = Path(args.out) / name
     resume = None
     if (path / "last.safetensors").is_file() and (path / "history.jsonl").is_file():
@@ -65,8 +66,12 @@ def get_run(args):
         resume = path  # an interrupted earlier call: continue it
     cfg = TrainConfig(data="phantom", size=args.size, epochs=args.epochs, seed=args.seed, out=args.out, name=name,
                       device=args.device, progress=False)
+    from meddx.data.sources import PHANTOM_SPLITS, load_phantom
+
+    # images depend only on (seed, split, index): a larger training split leaves val/test unchanged
+    data = load_phantom(args.size, args.seed, splits=PHANTOM_SPLITS | {"train": args.train_images})
     tic = time.time()
-    run = fit(cfg, resume=resume)
+    run = fit(cfg, data=data, resume=resume)
     print(f"trained {run.path} in {time.time() - tic:.0f} s", file=sys.stderr)
     return run.path
 
@@ -97,7 +102,7 @@ def faithfulness_table(args, run_path):
 
     run = RunDir.open(run_path)
     cfg = TrainConfig.load(run.config)
-    model, meta = load_model(run.checkpoint("best"), args.device)
+    model, meta = load_model(run.model_checkpoint(), args.device)
     data = load_data(cfg.data, size=cfg.size, seed=cfg.seed)
     norm = Normalization(**meta["normalization"])
     with torch.no_grad():
@@ -134,9 +139,15 @@ def faithfulness_table(args, run_path):
         rows.append({"method": label, "layer": "-", "ms/image": None,
                      **evaluate_maps(model, x, maps, masks, args)})
         print_json(rows[-1])
+    if "occlusion" in [j[0] for j in jobs]:
+        jobs += [("occlusion", f"window {w}") for w in args.occlusion_windows]
     for name, layer in jobs:
         spec = METHODS[name]
         opts = {}
+        if layer and layer.startswith("window "):  # occlusion at another window size (stride: half of it)
+            w = int(layer.split()[1])
+            opts, layer = {"window": w, "stride": max(1, w // 2)}, None
+            label = f"window {w}, stride {max(1, w // 2)}"
         gc.collect()
         tic = time.perf_counter()
         try:
@@ -146,8 +157,9 @@ def faithfulness_table(args, run_path):
             print_json(rows[-1])
             continue
         ms = (time.perf_counter() - tic) * 1000 / len(tp)
-        rows.append({"method": spec.label, "layer": (layer + (" (declared)" if layer == declared else ""))
-                     if layer else "-", "ms/image": ms, **evaluate_maps(model, x, maps, masks, args)})
+        where = label if opts else ((layer + (" (declared)" if layer == declared else "")) if layer else "-")
+        rows.append({"method": spec.label, "layer": where, "ms/image": ms,
+                     **evaluate_maps(model, x, maps, masks, args)})
         print_json(rows[-1])
     return model_info, rows
 
@@ -233,12 +245,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="reuse this run folder instead of training")
     ap.add_argument("--out", default="runs", help="parent folder of the benchmark's run folder")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--train-images", type=int, default=6000, help="phantom training slices")
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=120, help="true-positive test images to explain")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
     ap.add_argument("--layers", nargs="*", default=["layer4", "layer3"], help="CAM layers to compare")
+    ap.add_argument("--occlusion-windows", nargs="*", type=int, default=[6],
+                    help="extra Occlusion rows at these window sizes (default row: 1/12 of the side)")
     ap.add_argument("--deletion-steps", type=int, default=10)
     ap.add_argument("--max-fraction", type=float, default=0.1,
                     help="deletion covers the most salient 10%% of the pixels (nodules are ~1%%)")

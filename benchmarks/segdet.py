@@ -161,12 +161,16 @@ def run_segmentation(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     q = args.quick
     rows = []
-    data2d = load_phantom_segmentation(64, seed=args.seed, splits={"train": 60 if q else 1200, "val": 20 if q else 200,
-                                                                  "test": 40 if q else 400})
-    for model in ("unet", "segresnet"):
+    side = 64 if q else args.seg_size
+    data2d = load_phantom_segmentation(side, seed=args.seed, splits={"train": 60 if q else args.seg_train,
+                                                                    "val": 20 if q else 200, "test": 40 if q else 400})
+    for model in args.seg_models:
         m, s, ep = _train_eval(data2d, model, 2 if q else args.epochs_2d, args.minutes, 16, args.out,
-                               f"seg2d-{model}")
-        rows.append(_seg_row("phantom 2D 64px", model, 2, m, s, ep))
+                               f"seg2d-{model}-{side}")
+        rows.append(_seg_row(f"phantom 2D {side}px", model, 2, m, s, ep))
+    if "3d" in args.seg_skip:
+        print_table(rows, SEG_COLUMNS, "Segmentation (test split; 95% bootstrap CIs)")
+        return rows
     data3d = load_phantom3d(64, seed=args.seed, splits={"train": 8 if q else 96, "val": 2 if q else 8,
                                                         "test": 4 if q else 32})
     m, s, ep = _train_eval(data3d, "unet", 1 if q else args.epochs_3d, args.minutes * 1.5, 4, args.out, "seg3d-unet")
@@ -299,7 +303,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=list(PARTS))
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget per segmentation model")
-    ap.add_argument("--epochs-2d", type=int, default=40, help="at most; fewer when the budget is smaller")
+    ap.add_argument("--epochs-2d", type=int, default=60, help="at most; fewer when the budget is smaller")
+    ap.add_argument("--seg-size", type=int, default=128,
+                    help="phantom slice side for 2D segmentation (nodule diameters scale with it: 4-20 px at 128)")
+    ap.add_argument("--seg-train", type=int, default=1200, help="phantom training slices for 2D segmentation")
+    ap.add_argument("--seg-models", nargs="+", default=["unet", "segresnet"])
+    ap.add_argument("--seg-skip", nargs="*", default=[], choices=["3d"],
+                    help="3d: only the 2D phantom rows (no 3D phantom, real CT or memory probe)")
     ap.add_argument("--epochs-3d", type=int, default=40)
     ap.add_argument("--epochs-real", type=int, default=60)
     ap.add_argument("--c3d-epochs", type=int, default=100, help="at most (the default recipe's auto epochs)")

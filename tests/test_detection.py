@@ -218,6 +218,37 @@ def test_encode_decode_round_trip():
     assert np.allclose(got, sorted([[16, 8, 32, 40], [4, 44, 28, 60]]), atol=1e-3)  # back to x1 y1 x2 y2
 
 
+class _FixedHeat(torch.nn.Module):
+    """Ignores its input: one heat-map peak at a fixed 3D cell (not flip-equivariant)."""
+
+    def forward(self, x):
+        out = torch.full((x.shape[0], 7, 4, 4, 4), -8.0)
+        out[:, 0, 0, 1, 2] = 4.0
+        return out
+
+
+def test_flip_tta_unflips_maps():
+    from meddx.data.augment import Normalization
+    from meddx.tasks.detection import DetectionTask
+
+    task = DetectionTask(1, 3)
+    assert task.tta  # on by default for volumes
+    x = torch.rand(2, 1, 8, 8, 8)
+    norm = Normalization(1.0, [0.0], [1.0])
+    # a pointwise (1x1x1) network is flip-equivariant: averaging the unflipped maps changes nothing
+    conv = torch.nn.Conv3d(1, 7, 1).eval()
+    plain = task._flip_averaged(conv, x, conv(x))
+    assert torch.allclose(torch.sigmoid(plain[:, 0]), torch.sigmoid(conv(x)[:, 0]), atol=1e-5)
+    assert torch.equal(plain[:, 1:], conv(x)[:, 1:])
+    # a fixed peak is seen once unflipped and at 7 mirrored cells otherwise: its average drops to 1/8 of it
+    heat = torch.sigmoid(task._flip_averaged(_FixedHeat(), x, _FixedHeat()(x))[0, 0])
+    p, q = torch.sigmoid(torch.tensor(4.0)), torch.sigmoid(torch.tensor(-8.0))
+    assert torch.isclose(heat[0, 1, 2], (p + 7 * q) / 8, atol=1e-5)
+    assert torch.isclose(heat[3, 2, 1], (p + 7 * q) / 8, atol=1e-5)  # the all-axes mirror of (0, 1, 2)
+    dets = task.detect(_FixedHeat(), x, norm, tta=True)
+    assert len(dets) == 2 and dets[0]["scores"].max() < float(p)
+
+
 def test_augment_moves_boxes_with_pixels():
     from meddx.tasks.detection import augment
 

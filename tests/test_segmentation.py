@@ -153,9 +153,13 @@ def test_one_epoch_phantom_train_evaluate_predict(tmp_path, dims, model):
     from meddx.engine.predict import Predictor
 
     data = _tiny_bundle(dims)
-    cfg = TrainConfig(data="phantom" if dims == 2 else "phantom3d", task="segmentation", model=model, size=32,
-                      epochs=1, batch_size=4, out=str(tmp_path), name="r", progress=False)
+    # 2D: no model or batch size given -> the task's defaults (unet, 16 patches); 3D: explicit ones
+    explicit = {} if dims == 2 else {"model": model, "batch_size": 4}
+    cfg = TrainConfig(data="phantom" if dims == 2 else "phantom3d", task="segmentation", size=32, epochs=1,
+                      out=str(tmp_path), name="r", progress=False, **explicit)
     run = fit(cfg, data=data)
+    saved_cfg = json.loads(run.config.read_text())
+    assert (saved_cfg["model"], saved_cfg["batch_size"]) == ((model, 16) if dims == 2 else (model, 4))
     hist = run.read_history()
     assert len(hist) == 1 and 0.0 <= hist[0]["val_dice"] <= 1.0 and np.isfinite(hist[0]["train_loss"])
     m = evaluate_run(run.path, data=data, n_bootstrap=20)
@@ -220,10 +224,13 @@ def test_cli_png_folder_train_evaluate_predict(tmp_path):
         Image.fromarray(img).save(root / "images" / f"c{k}.png")
         Image.fromarray(m).save(root / "masks" / f"c{k}.png")
     r = runner.invoke(app, ["train", "--data", str(root), "--task", "segmentation", "--model", "unet", "--size", "32",
-                            "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "runs"), "--name", "p"],
-                      catch_exceptions=False)
+                            "--epochs", "1", "--batch-size", "4", "--patch", "16", "--out", str(tmp_path / "runs"),
+                            "--name", "p"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "Dice" in r.output and "HD95" in r.output
+    assert json.loads((tmp_path / "runs" / "p" / "metrics.json").read_text())["patch"] == [16, 16]  # 32 px images
+    r = runner.invoke(app, ["train", "--data", str(root), "--task", "segmentation", "--patch", "12"])
+    assert r.exit_code == 2 and "patch must be a multiple of 8" in r.output
     r = runner.invoke(app, ["predict", str(tmp_path / "runs" / "p"), str(root / "images" / "c0.png"), "--out",
                             str(tmp_path / "out")], catch_exceptions=False)
     assert r.exit_code == 0, r.output

@@ -59,6 +59,7 @@ def train(
     data_dir: str | None = typer.Option(None, envvar="MEDDX_DATA", help="folder with MedMNIST files"),
     epochs: int | None = typer.Option(None, help="default: from the training-set size"),
     batch_size: int | None = typer.Option(None),
+    patch: int | None = typer.Option(None, help="segmentation patch / sliding-window side (multiple of 8)"),
     lr: float | None = typer.Option(None),
     optimizer: str | None = typer.Option(None, help="adamw | sgd"),
     schedule: str | None = typer.Option(None, help="cosine | multistep"),
@@ -81,7 +82,7 @@ def train(
     from meddx.engine.fit import fit
 
     cfg = _train_config(data=data, task=task, model=model, size=size, data_dir=data_dir, epochs=epochs,
-                        batch_size=batch_size,
+                        batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,
                         ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,

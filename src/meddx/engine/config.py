@@ -9,6 +9,8 @@ from typing import Any
 
 from meddx.errors import MeddxError
 
+DEFAULT_BATCH_SIZE = 128  # classification; tasks with large inputs declare their own ``default_batch_size``
+
 
 @dataclass
 class TrainConfig:
@@ -23,7 +25,8 @@ class TrainConfig:
     pretrained: str | None = None
     # optimisation (the default recipe; see docs in README "Default recipe")
     epochs: int | None = None  # None: chosen from the training-set size (auto_epochs)
-    batch_size: int = 128
+    batch_size: int | None = None  # None: 128 for classification, the task's default otherwise (small for volumes)
+    patch: int | None = None  # segmentation: training patch / sliding-window side; None: min(side, 96 2D / 32 3D)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float | None = None  # None: 2e-3 for AdamW, 0.05 for SGD
     weight_decay: float = 0.05
@@ -67,7 +70,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.patch is None or (self.patch >= 16 and self.patch % 8 == 0),
+             f"patch must be a multiple of 8 and >= 16, got {self.patch}"),
             (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got {self.optimizer!r}"),
             (self.schedule in ("cosine", "multistep"), f"schedule must be cosine or multistep, got {self.schedule!r}"),

@@ -12,7 +12,7 @@ import torch
 from meddx.data import DataBundle, load_data
 from meddx.data.augment import POLICIES, Normalization, policy_for
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
-from meddx.engine.config import TrainConfig, auto_epochs
+from meddx.engine.config import DEFAULT_BATCH_SIZE, TrainConfig, auto_epochs
 from meddx.engine.loop import train_one_epoch
 from meddx.engine.progress import EpochProgress
 from meddx.engine.run import RunDir
@@ -69,6 +69,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, tas
         "modality": data.modality, "dataset": data.name, "epoch": epoch, "monitor_value": metric,
         "input_dtype": str(data.train.images.dtype).replace("torch.", ""),
         "spacing": data.extra.get("spacing"),  # mm per pixel/voxel where known (segmentation resamples to it)
+        "patch": cfg.patch,  # segmentation's sliding-window side (None: the task's default)
     }
 
 
@@ -87,6 +88,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     task = task_for_training(cfg, data)
     if cfg.model == DEFAULT_MODEL and getattr(task, "default_model", None):  # e.g. detection: a detector
         cfg.model = task.default_model
+    if cfg.batch_size is None:  # stored resolved in config.json, so a resume uses the same number
+        cfg.batch_size = getattr(task, "default_batch_size", DEFAULT_BATCH_SIZE)
     norm = Normalization.fit(data.train.images)
     policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
                                                  else POLICIES.get(cfg.augment))

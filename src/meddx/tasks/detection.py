@@ -50,6 +50,7 @@ class DetectionTask:
             raise MeddxError(f"detection supports 2D and 3D images, not {spatial_dims}D")
         self.num_classes, self.spatial_dims = num_classes, spatial_dims
         self.max_detections, self.score_floor = max_detections, score_floor
+        self.tta = spatial_dims == 3  # flip averaging in evaluate/predict (not per-epoch validation): cheap in 3D
         self.monitor = "map50" if spatial_dims == 2 else "cpm"
 
     @classmethod
@@ -65,6 +66,11 @@ class DetectionTask:
     @property
     def num_outputs(self) -> int:
         return self.num_classes
+
+    @property
+    def default_batch_size(self) -> int:
+        """Images per step when ``--batch-size`` is not given."""
+        return 8 if self.spatial_dims == 2 else 4
 
     # ---------------------------------------------------------------- training
 
@@ -146,17 +152,37 @@ class DetectionTask:
 
     @torch.no_grad()
     def detect(self, model: nn.Module, images: torch.Tensor, normalize: Normalization, *,
-               device: torch.device | str = "cpu", batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-        """Per image: ``boxes`` (k, 4|6, the data's axis order), ``scores``, ``labels`` (+ 3D ``centres``)."""
+               device: torch.device | str = "cpu", batch_size: int = 16,
+               tta: bool = False) -> list[dict[str, np.ndarray]]:
+        """Per image: ``boxes`` (k, 4|6, the data's axis order), ``scores``, ``labels`` (+ 3D ``centres``).
+
+        ``tta``: average the centre heat maps over the flips of every axis (4 passes in 2D, 8 in 3D, as
+        LUNA16 entries do); sizes and offsets come from the unflipped pass.
+        """
         device = torch.device(device)
         model.eval()
         out: list[dict[str, np.ndarray]] = []
         for i in range(0, len(images), batch_size):
             x = normalize(images[i:i + batch_size].to(device))
             pred = model(x).float()
+            if tta:
+                pred = self._flip_averaged(model, x, pred)
             stride = x.shape[-1] / pred.shape[-1]
             out.extend(self.decode(pred, stride))
         return out
+
+    def _flip_averaged(self, model: nn.Module, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """``pred`` with its heat-map logits replaced by the logit of the flip-averaged probabilities."""
+        from itertools import combinations
+
+        c, d = self.num_classes, self.spatial_dims
+        axes = list(range(2, 2 + d))
+        heat = torch.sigmoid(pred[:, :c])
+        flips = [list(f) for r in range(1, d + 1) for f in combinations(axes, r)]
+        for f in flips:
+            heat += torch.sigmoid(model(x.flip(f)).float()[:, :c]).flip(f)
+        heat = (heat / (len(flips) + 1)).clamp(1e-6, 1 - 1e-6)
+        return torch.cat([torch.logit(heat), pred[:, c:]], 1)
 
     def decode(self, output: torch.Tensor, stride: float) -> list[dict[str, np.ndarray]]:
         """Peaks of the heat maps (max-pool suppression) -> boxes with scores, at most ``max_detections``."""
@@ -218,7 +244,8 @@ class DetectionTask:
         """
         from meddx.utils.io import write_json_atomic
 
-        dets = self.detect(model, split.images, normalize, device=device, batch_size=min(batch_size, 16))
+        dets = self.detect(model, split.images, normalize, device=device, batch_size=min(batch_size, 16),
+                           tta=self.tta)
         metrics: dict[str, Any] = {"task": "detection", "spatial_dims": self.spatial_dims, "n": len(split)}
         metrics.update(self.score(split.labels, dets, class_names))
         if self.spatial_dims == 3 and n_bootstrap:
@@ -245,7 +272,7 @@ class DetectionTask:
         for p in paths:
             path = Path(p)
             img = predictor.load_image(path)
-            det = self.detect(predictor.model, img[None], predictor.norm, device=predictor.device)[0]
+            det = self.detect(predictor.model, img[None], predictor.norm, device=predictor.device, tta=self.tta)[0]
             keep = det["scores"] >= threshold
             det = {k: v[keep] for k, v in det.items()}
             rec: dict[str, Any] = {"file": str(path)}

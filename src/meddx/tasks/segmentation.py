@@ -65,6 +65,7 @@ class SegmentationTask:
 
     name = "segmentation"
     monitor = "dice"
+    default_model = "unet"
 
     def __init__(self, num_classes: int, image_shape: tuple[int, ...], patch: tuple[int, ...] | None = None,
                  fg_ratio: float = 0.5, spacing: tuple[float, ...] | None = None, overlap: float = 0.25,
@@ -87,11 +88,14 @@ class SegmentationTask:
         if data.task != "segmentation":
             raise MeddxError(f"--task segmentation needs masks; data {data.name!r} is a {data.task} set "
                              "(use phantom, phantom3d or a folder of image/mask pairs)", data.source)
-        return cls(data.num_classes, data.image_size, spacing=data.extra.get("spacing"))
+        patch = (cfg.patch,) * len(data.image_size) if cfg.patch else None
+        return cls(data.num_classes, data.image_size, patch=patch, spacing=data.extra.get("spacing"))
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> SegmentationTask:
-        return cls(meta["num_outputs"], tuple(meta["image_shape"]), spacing=meta.get("spacing"))
+        shape = tuple(meta["image_shape"])
+        patch = (meta["patch"],) * len(shape) if meta.get("patch") else None
+        return cls(meta["num_outputs"], shape, patch=patch, spacing=meta.get("spacing"))
 
     @property
     def num_outputs(self) -> int:
@@ -100,6 +104,11 @@ class SegmentationTask:
     @property
     def spatial_dims(self) -> int:
         return len(self.image_shape)
+
+    @property
+    def default_batch_size(self) -> int:
+        """Patches per step when ``--batch-size`` is not given: full-resolution activations are large."""
+        return 16 if self.spatial_dims == 2 else 2
 
     # ---------------------------------------------------------------- training
 
