@@ -152,6 +152,11 @@ def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
     if method == "qat":
         assert (new / "model_int8.onnx").is_file() and metrics["runtime"] == "onnxruntime int8"
         assert info["onnx_max_abs_diff"] <= 1e-4
+        # `meddx evaluate` on the int8 run scores the int8 ONNX model, as compress did
+        r = invoke("evaluate", new, "--bootstrap", 0)
+        assert r.exit_code == 0, r.output
+        again = json.loads((new / "metrics.json").read_text())
+        assert again["runtime"] == "onnxruntime int8" and again["acc"] == pytest.approx(metrics["acc"])
 
 
 def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):

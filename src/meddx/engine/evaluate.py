@@ -50,11 +50,19 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
                                          class_names=data.class_names, n_bootstrap=n_bootstrap, out_dir=run.path,
                                          split_name=split)
     else:
-        y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,
-                                labels=part.labels)
+        int8 = run.path / "model_int8.onnx"
+        if meta.get("compression", {}).get("method") in ("ptq", "qat") and int8.is_file():
+            # an int8 run ships its ONNX model: score that, not the fp32 (fake-quant) weights beside it
+            from meddx.deploy.onnx_export import OnnxPredictor
+
+            y_score, loss, runtime = OnnxPredictor(int8).predict(part.images), None, "onnxruntime int8"
+        else:
+            y_score, loss = predict(model, part.images, task, norm, batch_size=cfg.eval_batch_size, device=dev,
+                                    labels=part.labels)
+            runtime = "torch"
         y_true = part.labels.numpy()
         metrics = task.full_metrics(y_true, y_score, data.class_names, n_bootstrap=n_bootstrap)
-        metrics["loss"] = loss
+        metrics["loss"], metrics["runtime"] = loss, runtime
         with atomic_path(run.path / f"predictions_{split}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, y_true=y_true, y_score=y_score)
