@@ -118,6 +118,25 @@ def test_patches_oversample_foreground_and_pad():
     assert x.shape == (8, 1, 16, 16) and y.shape == (8, 1, 16, 16)
 
 
+def test_mirror_tta_averages_unflipped_probabilities():
+
+    task = get_task("segmentation", num_classes=2, image_shape=(16, 16))
+    norm = Normalization(1.0, [0.0], [1.0])
+    x = torch.rand(2, 1, 16, 16)
+    conv = torch.nn.Conv2d(1, 2, 1).eval()  # pointwise: mirror-equivariant, so TTA changes nothing
+    plain = task.predict_probabilities(conv, x, norm)
+    assert torch.allclose(task.predict_probabilities(conv, x, norm, tta=True), plain, atol=1e-5)
+
+    class LeftBiased(torch.nn.Module):  # foreground logit grows to the right: flips see the mirror image
+        def forward(self, t):
+            ramp = torch.linspace(-4, 4, t.shape[-1]).expand_as(t[:, :1])
+            return torch.cat([torch.zeros_like(ramp), ramp], 1)
+
+    p = task.predict_probabilities(LeftBiased(), x, norm, tta=True)
+    assert torch.allclose(p[:, 1], torch.full_like(p[:, 1], 0.5), atol=1e-5)  # ramp + mirrored ramp cancel
+    assert task.tta  # evaluate/predict use it by default
+
+
 def test_make_batch_warps_image_and_mask_together():
     task = get_task("segmentation", num_classes=2, image_shape=(32, 32), patch=(32, 32))
     img = torch.zeros(4, 1, 32, 32, dtype=torch.uint8)

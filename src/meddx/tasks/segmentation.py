@@ -81,6 +81,7 @@ class SegmentationTask:
         self.spacing = tuple(spacing) if spacing else None
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
+        self.tta = True  # mirror averaging in evaluate/predict (not in per-epoch validation)
         self._loss = None
 
     @classmethod
@@ -141,23 +142,35 @@ class SegmentationTask:
 
     @torch.no_grad()
     def predict_probabilities(self, model: nn.Module, images: torch.Tensor, normalize: Normalization, *,
-                              device: torch.device | str = "cpu", batch_size: int = 16,
-                              amp: bool = False) -> torch.Tensor:
-        """Softmax probabilities (N, K, *S) by sliding-window inference (Gaussian-weighted windows)."""
+                              device: torch.device | str = "cpu", batch_size: int = 16, amp: bool = False,
+                              tta: bool = False) -> torch.Tensor:
+        """Softmax probabilities (N, K, *S) by sliding-window inference (Gaussian-weighted windows).
+
+        ``tta``: average over the mirror images along every spatial axis (4 passes in 2D, 8 in 3D), as
+        nnU-Net does at inference.
+        """
+        from itertools import combinations
+
         from monai.inferers import sliding_window_inference
 
         from meddx.engine.loop import autocast_for
 
         device = torch.device(device)
         model.eval()
+        axes = list(range(2, 2 + self.spatial_dims))
+        flips = [[]] + ([list(f) for r in range(1, len(axes) + 1) for f in combinations(axes, r)] if tta else [])
         per = 1 if self.spatial_dims == 3 else max(1, min(batch_size, 32))  # full-resolution activations: keep small
         out = []
         for i in range(0, len(images), per):
             x = normalize(images[i:i + per].to(device))
-            with autocast_for(device, amp):
-                logits = sliding_window_inference(x, self.patch, self.sw_batch_size, model, overlap=self.overlap,
-                                                  mode="gaussian")
-            out.append(torch.softmax(logits.float(), 1).cpu())
+            probs = 0.0
+            for f in flips:
+                with autocast_for(device, amp):
+                    logits = sliding_window_inference(x.flip(f) if f else x, self.patch, self.sw_batch_size, model,
+                                                      overlap=self.overlap, mode="gaussian")
+                p = torch.softmax(logits.float(), 1)
+                probs = probs + (p.flip(f) if f else p)
+            out.append((probs / len(flips)).cpu())
         return torch.cat(out) if out else torch.zeros((0, self.num_classes, *images.shape[2:]))
 
     def predict_labels(self, model: nn.Module, images: torch.Tensor, normalize: Normalization,
@@ -194,12 +207,13 @@ class SegmentationTask:
         """
         from meddx.metrics.segmentation import evaluate_segmentation
 
-        pred = self.predict_labels(model, split.images, normalize, device=device, batch_size=batch_size)
+        pred = self.predict_labels(model, split.images, normalize, device=device, batch_size=batch_size, tta=self.tta)
         true = split.labels[:, 0]
         tol = float(min(self.spacing)) if self.spacing else 1.0  # surface tolerance: one voxel
         metrics = evaluate_segmentation(pred.numpy(), true.numpy(), class_names, spacing=self.spacing,
                                         tolerance=tol, n_bootstrap=n_bootstrap)
         metrics["patch"] = list(self.patch)
+        metrics["mirror_tta"] = self.tta
         metrics["headline"] = headline(metrics)
         if out_dir is not None:
             self.write_split_outputs(Path(out_dir), split, pred, split_name)
@@ -241,7 +255,8 @@ class SegmentationTask:
 
             original = tuple(read_image(path).shape[1:])
             img = predictor.load_image(path)
-            probs = self.predict_probabilities(predictor.model, img[None], predictor.norm, device=predictor.device)
+            probs = self.predict_probabilities(predictor.model, img[None], predictor.norm, device=predictor.device,
+                                               tta=self.tta)
             probs = F.interpolate(probs, size=original, mode="bilinear", align_corners=False)
             labels = probs.argmax(1)[0].byte().numpy()
             out_path = target.with_suffix(".png")
@@ -268,7 +283,7 @@ class SegmentationTask:
         vol = read_volume(path)
         work = resample(vol, tuple(self.spacing)) if self.spacing else vol  # type: ignore[arg-type]
         x = torch.from_numpy(prepare_intensities(work.array))[None, None]
-        probs = self.predict_probabilities(predictor.model, x, predictor.norm, device=predictor.device)
+        probs = self.predict_probabilities(predictor.model, x, predictor.norm, device=predictor.device, tta=self.tta)
         if work.shape != vol.shape:  # back to the input grid
             probs = F.interpolate(probs, size=vol.shape, mode="trilinear", align_corners=False)
         return probs.argmax(1)[0].byte().numpy(), vol.spacing, vol.affine
