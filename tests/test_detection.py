@@ -288,6 +288,17 @@ def test_phantom_2d_one_epoch_end_to_end(phantom_detection_run, tmp_path):
     assert 0.0 <= metrics["map50"] <= 1.0 and metrics["task"] == "detection" and "mAP@0.5" in metrics["headline"]
     dets = json.loads((run / "detections_test.json").read_text())
     assert len(dets) == 16 and {"id", "detections"} <= set(dets[0])
+    # images loaded at 64x64 from (say) 128x96 files: the JSON boxes go back to the files' pixels
+    from meddx.engine.evaluate import evaluate_run
+
+    data = load_phantom_boxes(64, splits={"train": 48, "val": 12, "test": 16})
+    data.extra["test"]["orig_size"] = [(128, 96)] * 16
+    evaluate_run(run, data=data, n_bootstrap=0, report=False)
+    scaled = json.loads((run / "detections_test.json").read_text())
+    k = next(i for i, d in enumerate(dets) if d["detections"])
+    assert scaled[k]["image_size"] == [128, 96]
+    got, ref = np.array(scaled[k]["detections"][0]["box"]), np.array(dets[k]["detections"][0]["box"])
+    assert np.allclose(got, ref * [2, 1.5, 2, 1.5], atol=0.2)
     html = (run / "report.html").read_text()
     assert "Detection results" in html and "data:image/png;base64," in html
 

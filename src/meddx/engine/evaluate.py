@@ -48,7 +48,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     if hasattr(task, "evaluate"):  # segmentation/detection: the task scores the split and writes its outputs
         metrics, context = task.evaluate(model, part, norm, device=dev, batch_size=cfg.eval_batch_size,
                                          class_names=data.class_names, n_bootstrap=n_bootstrap, out_dir=run.path,
-                                         split_name=split)
+                                         split_name=split, split_extra=data.extra.get(split) or {})
     else:
         int8 = run.path / "model_int8.onnx"
         if meta.get("compression", {}).get("method") in ("ptq", "qat") and int8.is_file():

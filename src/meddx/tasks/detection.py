@@ -237,10 +237,12 @@ class DetectionTask:
 
     def evaluate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, class_names: list[str], n_bootstrap: int = 1000, out_dir: Path | None = None,
-                 split_name: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+                 split_name: str = "test", split_extra: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics (2D: COCO mAP, mAP@0.5 per class; 3D: FROC, CPM with a bootstrap CI over scans).
 
-        Writes ``detections_<split>.json`` (per image: id, boxes, scores, labels) to ``out_dir``.
+        Writes ``detections_<split>.json`` (per image: id, boxes, scores, labels) to ``out_dir``; 2D boxes are
+        in the original image's pixels when ``split_extra`` holds each image's ``orig_size`` (w, h).
         """
         from meddx.utils.io import write_json_atomic
 
@@ -253,8 +255,17 @@ class DetectionTask:
         metrics["headline"] = headline(metrics)
         if out_dir is not None:
             ids = split.ids or [str(i) for i in range(len(split))]
-            write_json_atomic(Path(out_dir) / f"detections_{split_name}.json",
-                              [detection_record(i, det, class_names) for i, det in zip(ids, dets)])
+            sizes = (split_extra or {}).get("orig_size") if self.spatial_dims == 2 else None
+            records = []
+            for k, (i, det) in enumerate(zip(ids, dets)):
+                if sizes is not None:  # back from the training resolution to the file's pixels
+                    from meddx.data.detection import boxes_to_original
+
+                    det = det | {"boxes": boxes_to_original(det["boxes"], tuple(split.images.shape[2:]), sizes[k])}
+                    records.append(detection_record(i, det, class_names) | {"image_size": list(sizes[k])})
+                else:
+                    records.append(detection_record(i, det, class_names))
+            write_json_atomic(Path(out_dir) / f"detections_{split_name}.json", records)
         return metrics, {"detections": dets, "truth": split.labels, "images": split.images, "ids": split.ids}
 
     # ---------------------------------------------------------------- prediction on files

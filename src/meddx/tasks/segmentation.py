@@ -199,7 +199,8 @@ class SegmentationTask:
 
     def evaluate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, class_names: list[str], n_bootstrap: int = 1000, out_dir: Path | None = None,
-                 split_name: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+                 split_name: str = "test", split_extra: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics (Dice, IoU, HD95, surface Dice per class with bootstrap CIs) and predicted masks.
 
         Writes ``predictions_<split>.npz`` (y_true, y_pred label maps) and, for volumes, one NIfTI mask per
