@@ -10,6 +10,7 @@ highest throughput) and the JSON keeps every pass.
 
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py                 # both data sets (~30-40 min CPU)
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py --quick --datasets breastmnist   # smoke run
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild-pruning   # new pruning rows, same fp32 model
 """
 
 from __future__ import annotations
@@ -99,7 +100,13 @@ def test_metrics(task, y_true, y_score) -> dict[str, float]:
     return task.quick_metrics(y_true, y_score)
 
 
-def bench_dataset(name: str, out: Path, budget: dict[str, Any]) -> list[dict[str, Any]]:
+PRUNING = (("pruned 50% (unstructured)", "prune", 0.5), ("pruned 80% (unstructured)", "prune", 0.8),
+           ("pruned 50% (structured)", "prune-structured", 0.5), ("pruned 80% (structured)", "prune-structured", 0.8))
+
+
+def bench_dataset(name: str, out: Path, budget: dict[str, Any],
+                  saved: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Build every row; with ``saved`` (an earlier call's rows), rebuild only the pruning rows from its fp32 run."""
     import torch
 
     from meddx.data import load_data
@@ -155,19 +162,23 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any]) -> list[dict[str
               f"({row['seconds']:.0f} s)"
               + (f" kernels: {row['kernels']}" if row.get("kernels") else ""), flush=True)
 
-    fp32_run, sec = train("resnet18", budget["max_minutes"])
-    base = torch_row("fp32 ResNet-18", fp32_run, sec, None)
-    log(base)
-    for label, method, amount in (("pruned 50% (unstructured)", "prune", 0.5),
-                                  ("pruned 80% (unstructured)", "prune", 0.8),
-                                  ("pruned 50% (structured)", "prune-structured", 0.5),
-                                  ("pruned 80% (structured)", "prune-structured", 0.8)):
+    if saved:
+        base = next(r for r in saved if r["row"] == "fp32 ResNet-18")
+        fp32_run = Path(base["_path"]).parent
+    else:
+        fp32_run, sec = train("resnet18", budget["max_minutes"])
+        base = torch_row("fp32 ResNet-18", fp32_run, sec, None)
+        log(base)
+    for label, method, amount in PRUNING:
         tic = time.time()
         key = "sft" if method == "prune-structured" else "ft"
         run = compress_run(fp32_run, method, amount=amount, out=out, n_bootstrap=0,
                            name=f"{name}-resnet18-{method}-{int(amount * 100)}", epochs=budget[f"{key}_epochs"],
                            max_train=budget[f"{key}_max_train"])
         log(torch_row(label, run.path, time.time() - tic, base))
+    if saved:
+        rebuilt = {r["row"]: r for r in rows}
+        return [rebuilt.get(r["row"], r) for r in saved]
     tic = time.time()
     ptq = compress_run(fp32_run, "ptq", out=out, name=f"{name}-resnet18-ptq", n_bootstrap=0, epochs=0)
     log(onnx_row("int8 PTQ", ptq.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ static"))
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="/tmp/meddx-bench-compress", help="folder for the benchmark's runs")
     p.add_argument("--quick", action="store_true", help="tiny budgets (checks the script, not the numbers)")
     p.add_argument("--reuse", action="store_true", help="reuse the models built by an earlier run; only time them")
+    p.add_argument("--rebuild-pruning", action="store_true",
+                   help="reuse an earlier run's models but rebuild the four pruning rows from its fp32 ResNet-18 "
+                        "(training is seeded, so the fp32 model is the one a full run would train); time all rows")
     args = p.parse_args(argv)
     import onnxruntime
     import torch
@@ -238,8 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         budget = QUICK if args.quick else BUDGETS[name]
         out = Path(args.out) / ("quick" if args.quick else "full")
         saved = out / f"{name}-rows.json"  # built rows (metrics, files): --reuse times them again without rebuilding
-        if args.reuse and saved.is_file():
+        if (args.reuse or args.rebuild_pruning) and saved.is_file():
             rows = [r | {"_path": Path(r["_path"])} for r in json.loads(saved.read_text())]
+            if args.rebuild_pruning:
+                rows = bench_dataset(name, out, budget, saved=rows)
+                saved.write_text(json.dumps(rows, default=str))
         else:
             rows = bench_dataset(name, out, budget)
             saved.write_text(json.dumps(rows, default=str))

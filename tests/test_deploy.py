@@ -144,6 +144,8 @@ def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
     if method == "prune":
         assert info["sparsity"] >= 0.6 - 0.005
         assert info["after"]["nonzero_params"] < 0.5 * info["before"]["nonzero_params"]
+    if method.startswith("prune"):
+        assert info["distillation"]["teacher"].endswith(".safetensors")  # on by default for pruning
     if method == "prune-structured":
         assert info["after"]["params"] < 0.35 * info["before"]["params"]
         assert info["after"]["file_mb"] < 0.4 * info["before"]["file_mb"]
@@ -185,3 +187,28 @@ def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
     r = invoke("compress", shuffle, "--method", "ptq")
     assert r.exit_code == 2 and "calibration data" in r.output and "gone.npz" in r.output
     assert r.output.startswith("error: ") and r.output.count("\n") == 1
+
+
+def test_distillation_loss_and_task_delegation():
+    from meddx.deploy.distill import DistillationTask, distillation_loss
+    from meddx.tasks.classification import MULTI_LABEL, ClassificationTask
+
+    torch.manual_seed(0)
+    logits, other = torch.randn(8, 3), torch.randn(8, 3)
+    hard = torch.tensor(1.25)
+    # a student equal to its teacher pays only the (weighted) label loss; a different one pays more
+    assert distillation_loss(logits, logits, hard, "multi-class", alpha=0.7).item() == pytest.approx(0.3 * 1.25)
+    assert distillation_loss(logits, other, hard, "multi-class", alpha=0.7).item() > 0.3 * 1.25 + 0.01
+    ml = distillation_loss(logits, other, hard, MULTI_LABEL, alpha=1.0, temperature=1.0)
+    assert ml.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.sigmoid(other)).item())
+    task = ClassificationTask("multi-class", 3)
+    teacher = torch.nn.Linear(4, 3)
+    dt = DistillationTask(task, teacher)
+    assert dt.monitor == "auc" and dt.kind == "multi-class"  # everything but the loss is the task's
+    assert not any(p.requires_grad for p in teacher.parameters())
+    student = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
+    loss = dt.training_loss(student, x, y)
+    loss.backward()
+    assert student.weight.grad is not None and teacher.weight.grad is None

@@ -48,13 +48,14 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, help="parent folder of the new run (default: beside the source)"),
         name: str | None = typer.Option(None, help="new run folder name"),
         bootstrap: int = typer.Option(200, help="bootstrap resamples for the metrics' 95% CIs (0: none)"),
+        distill: bool = typer.Option(True, help="pruning fine-tunes also match the unpruned model's outputs"),
     ) -> None:
         """Prune or quantize a trained run into a NEW run folder with metadata and test metrics."""
         from meddx.deploy.compress import compress_run
 
         new = compress_run(run, method, amount=amount, epochs=epochs, lr=lr, max_train=max_train,
                            calibration_samples=calibration_samples, calibration=calibration, data_spec=data,
-                           out=out, name=name, n_bootstrap=bootstrap)
+                           out=out, name=name, n_bootstrap=bootstrap, distill=distill)
         m = json.loads(new.metrics.read_text())
         info = json.loads((new.path / "compress.json").read_text())
         typer.echo(f"{method}: test ACC {m['acc']:.4f} ({m['delta_acc']:+.4f}) AUC {m['auc']:.4f} "

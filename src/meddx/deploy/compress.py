@@ -111,13 +111,14 @@ def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str)
 def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epochs: int = 1,
                  lr: float | None = None, max_train: int | None = None, calibration_samples: int = 512,
                  calibration: str = "minmax", data_spec: str | None = None, out: str | Path | None = None,
-                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0) -> RunDir:
+                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0, distill: bool = True) -> RunDir:
     """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
     fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most; ``lr`` default by method,
     :data:`DEFAULT_LR`). ``calibration_samples``
-    training images calibrate the int8 ranges (ptq, qat).
+    training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning fine-tunes add a knowledge
+    distillation term towards the unpruned model (:mod:`meddx.deploy.distill`).
     """
     from meddx.deploy import onnx_export, prune, quantize
     from meddx.deploy.latency import count_parameters, file_mb, weights_mb, zipped_mb
@@ -158,16 +159,22 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     info: dict[str, Any] = {"method": method, "source_run": str(src.path), "source_checkpoint": str(ckpt),
                             "model": meta["model"], "before": before}
     history: list[dict[str, Any]] = []
+    ft_task = task
+    if distill and method.startswith("prune") and epochs > 0 and hasattr(task, "kind"):
+        from meddx.deploy.distill import DistillationTask
+
+        ft_task = DistillationTask(task, load_model(ckpt)[0])  # the unpruned model as the teacher
+        info["distillation"] = {"teacher": str(ckpt), "alpha": ft_task.alpha, "temperature": ft_task.temperature}
     if method == "prune":
         prune.prune_unstructured(model, amount)
-        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
         prune.make_permanent(model)
         info["options"] = {"amount": amount, "scope": "global L1 over Conv/Linear weights"}
     elif method == "prune-structured":
         example = norm(data.train.images[:2])
         info["structure"] = prune.prune_structured(model, meta["model"], amount, example,
                                                    get_model_spec(meta["model"]).head)
-        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
         info["options"] = {"ratio": amount, "importance": "group L2 magnitude (torch-pruning)"}
     elif method == "qat":
         handles = quantize.prepare_qat(model)
