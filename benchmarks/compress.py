@@ -10,7 +10,7 @@ highest throughput) and the JSON keeps every pass.
 
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py                 # both data sets (~30-40 min CPU)
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py --quick --datasets breastmnist   # smoke run
-    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild-pruning   # new pruning rows, same fp32 model
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild-pruning --distill  # redo pruning rows only
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ PRUNING = (("pruned 50% (unstructured)", "prune", 0.5), ("pruned 80% (unstructur
            ("pruned 50% (structured)", "prune-structured", 0.5), ("pruned 80% (structured)", "prune-structured", 0.8))
 
 
-def bench_dataset(name: str, out: Path, budget: dict[str, Any],
-                  saved: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict[str, Any]] | None = None,
+                  distill: bool = False) -> list[dict[str, Any]]:
     """Build every row; with ``saved`` (an earlier call's rows), rebuild only the pruning rows from its fp32 run."""
     import torch
 
@@ -174,7 +174,7 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any],
         key = "sft" if method == "prune-structured" else "ft"
         run = compress_run(fp32_run, method, amount=amount, out=out, n_bootstrap=0,
                            name=f"{name}-resnet18-{method}-{int(amount * 100)}", epochs=budget[f"{key}_epochs"],
-                           max_train=budget[f"{key}_max_train"])
+                           max_train=budget[f"{key}_max_train"], distill=distill)
         log(torch_row(label, run.path, time.time() - tic, base))
     if saved:
         rebuilt = {r["row"]: r for r in rows}
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="/tmp/meddx-bench-compress", help="folder for the benchmark's runs")
     p.add_argument("--quick", action="store_true", help="tiny budgets (checks the script, not the numbers)")
     p.add_argument("--reuse", action="store_true", help="reuse the models built by an earlier run; only time them")
+    p.add_argument("--distill", action="store_true", help="pruning fine-tunes with knowledge distillation")
     p.add_argument("--rebuild-pruning", action="store_true",
                    help="reuse an earlier run's models but rebuild the four pruning rows from its fp32 ResNet-18 "
                         "(training is seeded, so the fp32 model is the one a full run would train); time all rows")
@@ -255,10 +256,10 @@ def main(argv: list[str] | None = None) -> None:
         if (args.reuse or args.rebuild_pruning) and saved.is_file():
             rows = [r | {"_path": Path(r["_path"])} for r in json.loads(saved.read_text())]
             if args.rebuild_pruning:
-                rows = bench_dataset(name, out, budget, saved=rows)
+                rows = bench_dataset(name, out, budget, saved=rows, distill=args.distill)
                 saved.write_text(json.dumps(rows, default=str))
         else:
-            rows = bench_dataset(name, out, budget)
+            rows = bench_dataset(name, out, budget, distill=args.distill)
             saved.write_text(json.dumps(rows, default=str))
         from meddx.data import load_data
 

@@ -127,7 +127,7 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
 
 @pytest.mark.parametrize("method,extra", [
     ("prune", ["--amount", "0.6", "--epochs", "1", "--max-train", "16"]),
-    ("prune-structured", ["--amount", "0.5", "--epochs", "1", "--max-train", "16"]),
+    ("prune-structured", ["--amount", "0.5", "--epochs", "1", "--max-train", "16", "--distill"]),
     ("qat", ["--epochs", "1", "--max-train", "16", "--calibration-samples", "32"]),
 ])
 def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
@@ -144,8 +144,10 @@ def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
     if method == "prune":
         assert info["sparsity"] >= 0.6 - 0.005
         assert info["after"]["nonzero_params"] < 0.5 * info["before"]["nonzero_params"]
-    if method.startswith("prune"):
-        assert info["distillation"]["teacher"].endswith(".safetensors")  # on by default for pruning
+    if method == "prune":
+        assert "distillation" not in info  # opt-in
+    if method == "prune-structured":
+        assert info["distillation"]["teacher"].endswith(".safetensors")  # --distill: the source is the teacher
     if method == "prune-structured":
         assert info["after"]["params"] < 0.35 * info["before"]["params"]
         assert info["after"]["file_mb"] < 0.4 * info["before"]["file_mb"]

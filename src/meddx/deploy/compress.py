@@ -111,14 +111,15 @@ def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str)
 def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epochs: int = 1,
                  lr: float | None = None, max_train: int | None = None, calibration_samples: int = 512,
                  calibration: str = "minmax", data_spec: str | None = None, out: str | Path | None = None,
-                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0, distill: bool = True) -> RunDir:
+                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0, distill: bool = False) -> RunDir:
     """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
     fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most; ``lr`` default by method,
     :data:`DEFAULT_LR`). ``calibration_samples``
     training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning fine-tunes add a knowledge
-    distillation term towards the unpruned model (:mod:`meddx.deploy.distill`).
+    distillation term towards the unpruned model (:mod:`meddx.deploy.distill`; off by default: on the
+    benchmark it kept AUC closer to the source but did not keep ACC closer, see benchmarks/RESULTS.md).
     """
     from meddx.deploy import onnx_export, prune, quantize
     from meddx.deploy.latency import count_parameters, file_mb, weights_mb, zipped_mb
