@@ -35,6 +35,15 @@ def test_every_model_builds_and_declares_layers(name, channels, classes):
     assert isinstance(head, torch.nn.Linear) and head.out_features == classes
 
 
+def test_batchnorm_statistics_follow_short_schedules():
+    # running statistics must track the data within a short training run (torchvision's MobileNetV3 uses
+    # momentum 0.01, which left its eval-mode outputs at one class after a few hundred steps)
+    for name in list_models(kind="classifier"):
+        m = create_model(name, 1, 2, 28)
+        momenta = {x.momentum for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)}
+        assert momenta <= {0.1, None}, (name, momenta)
+
+
 def test_seednet_is_sized_to_input_and_3d_models():
     assert create_model("seednet", 1, 2, 64)(torch.randn(1, 1, 64, 64)).shape == (1, 2)
     assert create_model("resnet18_slim", 1, 3, 28, spatial_dims=3)(torch.randn(1, 1, 28, 28, 28)).shape == (

@@ -45,6 +45,13 @@ def build_mobilenet_v3_small(in_channels: int, num_classes: int, input_size: int
     m = mobilenet_v3_small(weights=None, num_classes=num_classes)
     first = m.features[0][0]
     m.features[0][0] = _conv_like(first, in_channels, stride=1 if input_size <= SMALL else 2)
+    # torchvision sets BatchNorm momentum 0.01 for its long ImageNet schedule; after a few hundred steps the
+    # running statistics are still near their initial values and eval-mode outputs collapse to one class
+    # (measured: majority-class ACC on PneumoniaMNIST and BreastMNIST). PyTorch's default 0.1, as every other
+    # registered model uses.
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = 0.1
     return m
 
 
