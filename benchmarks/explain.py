@@ -130,7 +130,7 @@ def faithfulness_table(args, run_path):
         if args.methods and name not in args.methods:
             continue
         layers = [declared] + [la for la in args.layers if la != declared] if spec.needs_layer else [None]
-        jobs += [(name, la) for la in layers]
+        jobs += [(name, la, (la + (" (declared)" if la == declared else "")) if la else "-", {}) for la in layers]
     rows = []
     rng = np.random.default_rng(0)
     ref = {"random map (chance)": rng.random(masks.shape).astype(np.float32),
@@ -139,25 +139,20 @@ def faithfulness_table(args, run_path):
         rows.append({"method": label, "layer": "-", "ms/image": None,
                      **evaluate_maps(model, x, maps, masks, args)})
         print_json(rows[-1])
-    if "occlusion" in [j[0] for j in jobs]:
-        jobs += [("occlusion", f"window {w}") for w in args.occlusion_windows]
-    for name, layer in jobs:
+    if "occlusion" in [j[0] for j in jobs]:  # occlusion at other window sizes (stride: half of it)
+        jobs += [("occlusion", None, f"window {w}, stride {max(1, w // 2)}", {"window": w, "stride": max(1, w // 2)})
+                 for w in args.occlusion_windows]
+    for name, layer, where, opts in jobs:
         spec = METHODS[name]
-        opts = {}
-        if layer and layer.startswith("window "):  # occlusion at another window size (stride: half of it)
-            w = int(layer.split()[1])
-            opts, layer = {"window": w, "stride": max(1, w // 2)}, None
-            label = f"window {w}, stride {max(1, w // 2)}"
         gc.collect()
         tic = time.perf_counter()
         try:
             maps = explain(model, x, POS, name, layer=layer, model_name=meta["model"], batch_size=32, **opts)
         except Exception as exc:  # report failures honestly instead of hiding the row
-            rows.append({"method": spec.label, "layer": layer or "-", "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({"method": spec.label, "layer": where, "error": f"{type(exc).__name__}: {exc}"})
             print_json(rows[-1])
             continue
         ms = (time.perf_counter() - tic) * 1000 / len(tp)
-        where = label if opts else ((layer + (" (declared)" if layer == declared else "")) if layer else "-")
         rows.append({"method": spec.label, "layer": where, "ms/image": ms,
                      **evaluate_maps(model, x, maps, masks, args)})
         print_json(rows[-1])

@@ -70,3 +70,12 @@ def task_for_training(cfg: Any, data: Any) -> Task:
 def task_from_meta(meta: dict[str, Any]) -> Task:
     """The task stored in a checkpoint's metadata (``cls.from_meta(meta)``)."""
     return task_class(meta["task"]).from_meta(meta)
+
+
+def axis_flips(spatial_dims: int) -> list[list[int]]:
+    """Every non-empty set of spatial axes of an (N, C, *S) tensor, for ``tensor.flip``: the mirror images that
+    test-time augmentation averages besides the original (3 in 2D, 7 in 3D)."""
+    from itertools import combinations
+
+    axes = range(2, 2 + spatial_dims)
+    return [list(f) for r in range(1, spatial_dims + 1) for f in combinations(axes, r)]

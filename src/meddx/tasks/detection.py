@@ -173,12 +173,11 @@ class DetectionTask:
 
     def _flip_averaged(self, model: nn.Module, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """``pred`` with its heat-map logits replaced by the logit of the flip-averaged probabilities."""
-        from itertools import combinations
+        from meddx.tasks.base import axis_flips
 
-        c, d = self.num_classes, self.spatial_dims
-        axes = list(range(2, 2 + d))
+        c = self.num_classes
         heat = torch.sigmoid(pred[:, :c])
-        flips = [list(f) for r in range(1, d + 1) for f in combinations(axes, r)]
+        flips = axis_flips(self.spatial_dims)
         for f in flips:
             heat += torch.sigmoid(model(x.flip(f)).float()[:, :c]).flip(f)
         heat = (heat / (len(flips) + 1)).clamp(1e-6, 1 - 1e-6)
@@ -255,16 +254,17 @@ class DetectionTask:
         metrics["headline"] = headline(metrics)
         if out_dir is not None:
             ids = split.ids or [str(i) for i in range(len(split))]
+            from meddx.data.detection import boxes_to_original
+
             sizes = (split_extra or {}).get("orig_size") if self.spatial_dims == 2 else None
+            loaded = tuple(split.images.shape[2:])
             records = []
             for k, (i, det) in enumerate(zip(ids, dets)):
+                extra: dict[str, Any] = {}
                 if sizes is not None:  # back from the training resolution to the file's pixels
-                    from meddx.data.detection import boxes_to_original
-
-                    det = det | {"boxes": boxes_to_original(det["boxes"], tuple(split.images.shape[2:]), sizes[k])}
-                    records.append(detection_record(i, det, class_names) | {"image_size": list(sizes[k])})
-                else:
-                    records.append(detection_record(i, det, class_names))
+                    det = det | {"boxes": boxes_to_original(det["boxes"], loaded, sizes[k])}
+                    extra = {"image_size": list(sizes[k])}
+                records.append(detection_record(i, det, class_names) | extra)
             write_json_atomic(Path(out_dir) / f"detections_{split_name}.json", records)
         return metrics, {"detections": dets, "truth": split.labels, "images": split.images, "ids": split.ids}
 

@@ -149,16 +149,14 @@ class SegmentationTask:
         ``tta``: average over the mirror images along every spatial axis (4 passes in 2D, 8 in 3D), as
         nnU-Net does at inference.
         """
-        from itertools import combinations
-
         from monai.inferers import sliding_window_inference
 
         from meddx.engine.loop import autocast_for
+        from meddx.tasks.base import axis_flips
 
         device = torch.device(device)
         model.eval()
-        axes = list(range(2, 2 + self.spatial_dims))
-        flips = [[]] + ([list(f) for r in range(1, len(axes) + 1) for f in combinations(axes, r)] if tta else [])
+        flips = [[]] + (axis_flips(self.spatial_dims) if tta else [])
         per = 1 if self.spatial_dims == 3 else max(1, min(batch_size, 32))  # full-resolution activations: keep small
         out = []
         for i in range(0, len(images), per):
