@@ -10,7 +10,7 @@ highest throughput) and the JSON keeps every pass.
 
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py                 # both data sets (~30-40 min CPU)
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py --quick --datasets breastmnist   # smoke run
-    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild-pruning --distill  # redo pruning rows only
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild-pruning --no-distill  # pruning rows, labels only
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ PRUNING = (("pruned 50% (unstructured)", "prune", 0.5), ("pruned 80% (unstructur
 
 
 def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict[str, Any]] | None = None,
-                  distill: bool = False) -> list[dict[str, Any]]:
+                  distill: bool = True) -> list[dict[str, Any]]:
     """Build every row; with ``saved`` (an earlier call's rows), rebuild only the pruning rows from its fp32 run."""
     import torch
 
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="/tmp/meddx-bench-compress", help="folder for the benchmark's runs")
     p.add_argument("--quick", action="store_true", help="tiny budgets (checks the script, not the numbers)")
     p.add_argument("--reuse", action="store_true", help="reuse the models built by an earlier run; only time them")
-    p.add_argument("--distill", action="store_true", help="pruning fine-tunes with knowledge distillation")
+    p.add_argument("--no-distill", dest="distill", action="store_false",
+                   help="pruning fine-tunes on the labels instead of distilling the fp32 model (the default)")
     p.add_argument("--rebuild-pruning", action="store_true",
                    help="reuse an earlier run's models but rebuild the four pruning rows from its fp32 ResNet-18 "
                         "(training is seeded, so the fp32 model is the one a full run would train); time all rows")

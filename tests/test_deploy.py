@@ -127,7 +127,7 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
 
 @pytest.mark.parametrize("method,extra", [
     ("prune", ["--amount", "0.6", "--epochs", "1", "--max-train", "16"]),
-    ("prune-structured", ["--amount", "0.5", "--epochs", "1", "--max-train", "16", "--distill"]),
+    ("prune-structured", ["--amount", "0.5", "--epochs", "1", "--max-train", "16", "--no-distill"]),
     ("qat", ["--epochs", "1", "--max-train", "16", "--calibration-samples", "32"]),
 ])
 def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
@@ -144,10 +144,10 @@ def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
     if method == "prune":
         assert info["sparsity"] >= 0.6 - 0.005
         assert info["after"]["nonzero_params"] < 0.5 * info["before"]["nonzero_params"]
-    if method == "prune":
-        assert "distillation" not in info  # opt-in
+    if method == "prune":  # distillation by default: the source is the teacher
+        assert info["distillation"]["teacher"].endswith(".safetensors") and info["distillation"]["alpha"] == 1.0
     if method == "prune-structured":
-        assert info["distillation"]["teacher"].endswith(".safetensors")  # --distill: the source is the teacher
+        assert "distillation" not in info  # --no-distill
     if method == "prune-structured":
         assert info["after"]["params"] < 0.35 * info["before"]["params"]
         assert info["after"]["file_mb"] < 0.4 * info["before"]["file_mb"]
@@ -214,3 +214,23 @@ def test_distillation_loss_and_task_delegation():
     loss = dt.training_loss(student, x, y)
     loss.backward()
     assert student.weight.grad is not None and teacher.weight.grad is None
+
+
+def test_recalibrate_bn_estimates_training_statistics():
+    from meddx.data.augment import Normalization, policy_for
+    from meddx.deploy.compress import recalibrate_bn
+
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(300, 1, 8, 8, generator=gen) * 255).to(torch.uint8)
+    norm = Normalization(scale=1 / 255, mean=[0.5], std=[0.25])
+    bn = torch.nn.BatchNorm2d(1, momentum=0.1)
+    x = norm(images)
+    recalibrate_bn(bn, images, norm, batch_size=1000)  # one batch holding every image: the exact statistics
+    assert not bn.training and bn.momentum == 0.1  # eval mode and the layer's momentum restored
+    assert bn.running_mean.item() == pytest.approx(x.mean().item(), abs=1e-5)
+    assert bn.running_var.item() == pytest.approx(x.var().item(), rel=1e-3)
+    recalibrate_bn(bn, images, norm, n=50, batch_size=1000)  # a random 50-image sample: a different estimate
+    assert bn.running_mean.item() != pytest.approx(x.mean().item(), abs=1e-5)
+    # the training augmentation passes through (border-padded rotations smooth the images: lower variance)
+    recalibrate_bn(bn, images, norm, batch_size=1000, policy=policy_for("xray"))
+    assert bn.running_var.item() < 0.95 * x.var().item()

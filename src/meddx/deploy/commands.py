@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, help="parent folder of the new run (default: beside the source)"),
         name: str | None = typer.Option(None, help="new run folder name"),
         bootstrap: int = typer.Option(200, help="bootstrap resamples for the metrics' 95% CIs (0: none)"),
-        distill: bool = typer.Option(False, help="pruning fine-tunes also match the unpruned model's outputs"),
+        distill: bool = typer.Option(True, "--distill/--no-distill",
+                                     help="pruning fine-tunes fit the unpruned model's outputs (knowledge "
+                                          "distillation) instead of the labels"),
     ) -> None:
         """Prune or quantize a trained run into a NEW run folder with metadata and test metrics."""
         from meddx.deploy.compress import compress_run

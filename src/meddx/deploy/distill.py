@@ -4,8 +4,10 @@ A pruned network fine-tuned on the labels alone drifts from the model it replace
 calibration change, so test ACC can move by points while AUC barely does). Distillation (Hinton et al.
 2015) adds a term that pulls the student's temperature-softened outputs towards the teacher's, which is
 what "the same model, smaller" asks for. Written here because it is a few lines over torch's losses;
-torch-pruning's examples recover accuracy the same way. Opt-in (``meddx compress --distill``): on the
-MedMNIST benchmark it kept AUC closer to the source but not ACC (benchmarks/RESULTS.md).
+torch-pruning's examples recover accuracy the same way. On by default for pruning fine-tunes
+(``meddx compress --no-distill`` turns it off), with ``alpha = 1``: the pruned model is fit to the source's
+outputs alone, chosen by the validation fidelity (mean |p - p_source|) on the MedMNIST benchmark, where it
+also kept test ACC/AUC closest to the source (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from meddx.tasks.classification import MULTI_LABEL
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, kind: str,
-                      alpha: float = 0.7, temperature: float = 2.0) -> torch.Tensor:
+                      alpha: float = 1.0, temperature: float = 2.0) -> torch.Tensor:
     """``(1 - alpha) * hard_loss + alpha * T^2 * soft``; soft = KL of softmax (BCE of sigmoids for multi-label)."""
     t = temperature
     if kind == MULTI_LABEL:
@@ -34,7 +36,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: t
 class DistillationTask:
     """A classification task whose training loss also matches a frozen ``teacher``; everything else delegates."""
 
-    def __init__(self, task: Any, teacher: nn.Module, alpha: float = 0.7, temperature: float = 2.0) -> None:
+    def __init__(self, task: Any, teacher: nn.Module, alpha: float = 1.0, temperature: float = 2.0) -> None:
         self.task, self.teacher = task, teacher.eval()
         self.alpha, self.temperature = alpha, temperature
         for p in self.teacher.parameters():
