@@ -22,7 +22,8 @@ import torch
 
 from meddx.data.augment import POLICIES, AugmentPolicy, Normalization, policy_for, random_affine
 from meddx.engine.checkpoint import load_model, save_checkpoint
-from meddx.engine.config import TrainConfig
+from meddx.engine.config import DEFAULT_BATCH_SIZE, TrainConfig
+from meddx.engine.evaluate import evaluate_run
 from meddx.engine.loop import predict, train_one_epoch
 from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
@@ -39,7 +40,7 @@ def _load_run_data(cfg: TrainConfig, data_spec: str | None, why: str | None) -> 
 
     spec = data_spec or cfg.data
     try:
-        return load_data(spec, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed)
+        return load_data(spec, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     except MeddxError as exc:
         if why is None:
             raise
@@ -86,7 +87,7 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
     train = data.train
     if max_train and max_train < len(train):
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_train])
-    batch = min(cfg.batch_size, len(train))
+    batch = min(cfg.batch_size or getattr(task, "default_batch_size", DEFAULT_BATCH_SIZE), len(train))
     steps = max(1, len(train) // batch) * epochs
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -99,8 +100,7 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
                                 policy=policy, generator=gen)
         if bn_recalibration:
             recalibrate_bn(model, data.train.images, norm, device=device, policy=policy, seed=seed + epoch)
-        y_score, _ = predict(model, data.val.images, task, norm, batch_size=cfg.eval_batch_size, device=device)
-        val = task.quick_metrics(data.val.labels.numpy(), y_score)
+        val = task.validate(model, data.val, norm, device=torch.device(device), batch_size=cfg.eval_batch_size)
         history.append({"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items()},
                         "seconds": round(time.time() - tic, 2)})
         score = val[task.monitor]
@@ -110,6 +110,19 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def headline_metrics(model: torch.nn.Module, task: Any, data: Any, norm: Normalization,
+                     cfg: TrainConfig) -> dict[str, float]:
+    """Test-set headline metrics of a model, no bootstrap, no files: classification ACC and AUC; otherwise the
+    task's monitored metric (Dice, mAP@0.5, CPM) from its own test scoring (``task.evaluate``)."""
+    if hasattr(task, "evaluate"):
+        metrics, _ = task.evaluate(model, data.test, norm, device=torch.device("cpu"), batch_size=cfg.eval_batch_size,
+                                   class_names=data.class_names, n_bootstrap=0,
+                                   split_extra=data.extra.get("test") or {})
+        return {task.monitor: float(metrics[task.monitor])}
+    y_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
+    return task.quick_metrics(data.test.labels.numpy(), y_score)
 
 
 def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str) -> RunDir:
@@ -124,14 +137,19 @@ def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str)
 def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epochs: int = 1,
                  lr: float | None = None, max_train: int | None = None, calibration_samples: int = 512,
                  calibration: str = "minmax", data_spec: str | None = None, out: str | Path | None = None,
-                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0, distill: bool = True) -> RunDir:
+                 name: str | None = None, n_bootstrap: int = 200, seed: int = 0, distill: bool = True,
+                 data: Any = None) -> RunDir:
     """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
     fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most; ``lr`` default by method,
     :data:`DEFAULT_LR`). ``calibration_samples``
-    training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning fine-tunes fit the pruned model
-    to the unpruned model's outputs (knowledge distillation, :mod:`meddx.deploy.distill`) instead of the labels.
+    training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning fine-tunes of classifiers fit the
+    pruned model to the unpruned model's outputs (knowledge distillation, :mod:`meddx.deploy.distill`) instead
+    of the labels. ``data``: the run's data set already loaded (else loaded from the run's config/``data_spec``).
+
+    Segmentation and detection runs take both pruning methods (int8 export folds classification
+    probabilities only); their change is measured on the task's monitored metric (Dice, mAP@0.5, CPM).
     """
     from meddx.deploy import onnx_export, prune, quantize
     from meddx.deploy.latency import count_parameters, file_mb, weights_mb, zipped_mb
@@ -155,16 +173,16 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     if meta.get("compression", {}).get("method") in INT8_METHODS and method != "prune":
         raise MeddxError(f"run is already int8-compressed ({meta['compression']['method']}); compress the fp32 run",
                          src.path)
-    data = _load_run_data(cfg, data_spec, method if method in INT8_METHODS else None)
+    data = data or _load_run_data(cfg, data_spec, method if method in INT8_METHODS else None)
     if data.class_names != meta["classes"]:
         raise MeddxError(f"data classes {data.class_names} differ from the checkpoint's {meta['classes']}", ckpt)
     task = task_from_meta(meta)
     norm = Normalization(**meta["normalization"])
     torch.manual_seed(seed)
     t0 = time.time()
-    y_true = data.test.labels.numpy()
-    src_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
-    source = task.quick_metrics(y_true, src_score)
+    source = headline_metrics(model, task, data, norm, cfg)
+    # segmentation/detection train on patches; their whole images (volumes) are no BatchNorm batches
+    bn_recalibration = not hasattr(task, "evaluate")
     # weights only: a ``last`` checkpoint also holds the optimiser state
     before = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": weights_mb(ckpt)}
 
@@ -180,14 +198,16 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
         info["distillation"] = {"teacher": str(ckpt), "alpha": ft_task.alpha, "temperature": ft_task.temperature}
     if method == "prune":
         prune.prune_unstructured(model, amount)
-        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
+                           bn_recalibration=bn_recalibration)
         prune.make_permanent(model)
         info["options"] = {"amount": amount, "scope": "global L1 over Conv/Linear weights"}
     elif method == "prune-structured":
         example = norm(data.train.images[:2])
         info["structure"] = prune.prune_structured(model, meta["model"], amount, example,
                                                    get_model_spec(meta["model"]).head)
-        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed)
+        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
+                           bn_recalibration=bn_recalibration)
         info["options"] = {"ratio": amount, "importance": "group L2 magnitude (torch-pruning)"}
     elif method == "qat":
         handles = quantize.prepare_qat(model)
@@ -215,26 +235,21 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     if method == "prune":
         after["zipped_mb"] = zipped_mb(run.best)
 
-    runtime = "torch"
     if method in INT8_METHODS:
         fp32 = onnx_export.export_onnx(model, comp_meta, run.path / "model.onnx")
         info["onnx_max_abs_diff"] = onnx_export.verify_onnx(model, comp_meta, fp32, data.test.images[:64])
         calib = quantize.calibration_batches(data.train.images, calibration_samples, seed=seed)
         int8 = quantize.quantize_onnx(fp32, run.path / "model_int8.onnx", calib, method=calibration)
-        y_score = onnx_export.OnnxPredictor(int8).predict(data.test.images)
         after["file_mb"] = file_mb(int8)
         info["options"] = info.get("options", {}) | {"calibration": calibration,
                                                      "calibration_samples": calibration_samples}
-        runtime = "onnxruntime int8"
-    else:
-        y_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
     info["after"] = after
     info["seconds"] = round(time.time() - t0, 1)
-    metrics = task.full_metrics(y_true, y_score, data.class_names, n_bootstrap=n_bootstrap)
-    metrics.update({"split": "test", "dataset": data.name, "model": meta["model"], "method": method,
-                    "runtime": runtime, "checkpoint": run.best.name, "epoch": meta.get("epoch", 0),
-                    "source_acc": source["acc"], "source_auc": source["auc"],
-                    "delta_acc": metrics["acc"] - source["acc"], "delta_auc": metrics["auc"] - source["auc"]})
+    # scored as `meddx evaluate` scores the new run (an int8 run: its int8 ONNX model)
+    metrics = evaluate_run(run.path, data=data, n_bootstrap=n_bootstrap, device="cpu", report=False)
+    metrics["method"] = method
+    for key, value in source.items():
+        metrics[f"source_{key}"], metrics[f"delta_{key}"] = value, metrics[key] - value
     run.write_json(run.metrics, metrics)
     run.write_json(run.path / "compress.json", info)
     return run

@@ -21,10 +21,15 @@ import torch.nn as nn
 from meddx.errors import MeddxError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
+SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "num_channels", "num_groups", "in_features",
+               "out_features")
 # Models whose channel coupling torch-pruning does not follow correctly (checked in tests/test_deploy.py):
 # ShuffleNetV2 splits and shuffles channels with view/transpose, so pruned widths break the shuffle.
-STRUCTURED_UNSUPPORTED = {"shufflenet_v2": "its channel split + shuffle couples channel order across branches"}
+# MONAI's UNet concatenates its skip connections inside nested SkipConnection modules; torch-pruning cannot
+# map the concatenated channels back to their sources (a TypeError in its concat index mapping).
+STRUCTURED_UNSUPPORTED = {"shufflenet_v2": "its channel split + shuffle couples channel order across branches",
+                          "unet": "torch-pruning cannot trace the channels of MONAI UNet's concatenated skip "
+                                  "connections; use segresnet, or unstructured pruning"}
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -75,7 +80,8 @@ def prune_structured(model: nn.Module, model_name: str, ratio: float, example: t
     if not 0.0 < ratio < 1.0:
         raise MeddxError(f"pruning ratio must be between 0 and 1, got {ratio}")
     model.eval()
-    ignored = [get_submodule(model, head)] if head else []
+    # the classifier (or, for head-less segmenters, the last layer: it writes the class maps) keeps its outputs
+    ignored = [get_submodule(model, head)] if head else [_last_layer(model)]
     before = channel_count(model)
     with torch.no_grad():
         ref_shape = model(example).shape
@@ -92,6 +98,13 @@ def prune_structured(model: nn.Module, model_name: str, ratio: float, example: t
         raise MeddxError(f"structured pruning changed the output shape of {model_name!r}")
     after = channel_count(model)
     return {"channels_before": before, "channels_after": after, "channels_removed": 1 - after / before}
+
+
+def _last_layer(model: nn.Module) -> nn.Module:
+    layers = [m for m in model.modules() if isinstance(m, (*PRUNABLE, nn.ConvTranspose2d, nn.ConvTranspose3d))]
+    if not layers:
+        raise MeddxError("structured pruning found no Conv/Linear layer in the model")
+    return layers[-1]
 
 
 def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
