@@ -207,13 +207,35 @@ def test_distillation_loss_and_task_delegation():
     task = ClassificationTask("multi-class", 3)
     teacher = torch.nn.Linear(4, 3)
     dt = DistillationTask(task, teacher)
-    assert dt.monitor == "auc" and dt.kind == "multi-class"  # everything but the loss is the task's
+    assert dt.monitor == "fidelity" and dt.kind == "multi-class"  # the loss and the monitor are its own
     assert not any(p.requires_grad for p in teacher.parameters())
     student = torch.nn.Linear(4, 3)
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
     loss = dt.training_loss(student, x, y)
     loss.backward()
     assert student.weight.grad is not None and teacher.weight.grad is None
+
+
+def test_distillation_validates_fidelity_to_the_teacher():
+    from meddx.data.augment import Normalization
+    from meddx.data.dataset import Split
+    from meddx.deploy.distill import DistillationTask
+    from meddx.tasks.classification import ClassificationTask
+
+    def net(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    gen = torch.Generator().manual_seed(0)
+    split = Split((torch.rand(40, 1, 6, 6, generator=gen) * 255).to(torch.uint8), torch.arange(40) % 3)
+    norm = Normalization(scale=1 / 255, mean=[0.5], std=[0.25])
+    teacher = net(0)
+    dt = DistillationTask(ClassificationTask("multi-class", 3), teacher)
+    kw = {"device": torch.device("cpu"), "batch_size": 16}
+    same = dt.validate(net(0), split, norm, **kw)  # a student equal to the teacher
+    other = dt.validate(net(1), split, norm, **kw)
+    assert same["fidelity"] == pytest.approx(1.0) and other["fidelity"] < 0.99
+    assert set(other) >= {"loss", "auc", "acc"}  # the task's own validation metrics stay beside it
 
 
 def test_recalibrate_bn_estimates_training_statistics():
