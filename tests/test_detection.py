@@ -317,6 +317,25 @@ def test_phantom_2d_one_epoch_end_to_end(phantom_detection_run, tmp_path):
     assert isinstance(res[0]["detections"], list)
 
 
+def test_structured_pruning_of_a_detection_run(phantom_detection_run, tmp_path):
+    """`meddx compress` on a CenterNet run: channels removed, scored as `meddx evaluate` scores it, on mAP@0.5."""
+    from meddx.deploy.compress import compress_run
+    from meddx.engine.checkpoint import load_model
+
+    run, _ = phantom_detection_run
+    data = load_phantom_boxes(64, splits={"train": 48, "val": 12, "test": 16})
+    new = compress_run(run, "prune-structured", amount=0.5, epochs=1, max_train=16, out=tmp_path, name="c",
+                       n_bootstrap=0, data=data)
+    m = json.loads(new.metrics.read_text())
+    info = json.loads((new.path / "compress.json").read_text())
+    assert m["task"] == "detection" and m["delta_map50"] == pytest.approx(m["map50"] - m["source_map50"])
+    assert info["after"]["params"] < 0.5 * info["before"]["params"]
+    assert (new.path / "detections_test.json").is_file()  # the task's own outputs, as `meddx evaluate` writes
+    model, _ = load_model(new.best)
+    assert model(torch.zeros(1, 1, 64, 64)).shape[1] == load_model(run / "best.safetensors")[0](
+        torch.zeros(1, 1, 64, 64)).shape[1]
+
+
 def test_phantom_3d_one_epoch_end_to_end(tmp_path):
     from meddx.engine.config import TrainConfig
     from meddx.engine.evaluate import evaluate_run
