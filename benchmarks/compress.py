@@ -107,7 +107,7 @@ PRUNING = (("pruned 50% (unstructured)", "prune", 0.5), ("pruned 80% (unstructur
 
 
 def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict[str, Any]] | None = None,
-                  distill: bool = True) -> list[dict[str, Any]]:
+                  distill: bool = True, seed: int = 0) -> list[dict[str, Any]]:
     """Build every row; with ``saved`` (an earlier call's rows), rebuild only the pruning rows from its fp32 run."""
     import torch
 
@@ -131,7 +131,7 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict
     def train(model_name: str, minutes: float) -> tuple[Path, float]:
         tic = time.time()
         cfg = TrainConfig(data=str(npz), model=model_name, epochs=budget["epochs"], max_minutes=minutes,
-                          ema_decay=0.0, out=str(out), name=f"{name}-{model_name}", progress=False)
+                          seed=seed, ema_decay=0.0, out=str(out), name=f"{name}-{model_name}", progress=False)
         run = fit(cfg, data=data).path
         return run, time.time() - tic
 
@@ -174,7 +174,7 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict
     for label, method, amount in PRUNING:
         tic = time.time()
         key = "sft" if method == "prune-structured" else "ft"
-        run = compress_run(fp32_run, method, amount=amount, out=out, n_bootstrap=0,
+        run = compress_run(fp32_run, method, amount=amount, out=out, n_bootstrap=0, seed=seed,
                            name=f"{name}-resnet18-{method}-{int(amount * 100)}", epochs=budget[f"{key}_epochs"],
                            max_train=budget[f"{key}_max_train"], distill=distill)
         log(torch_row(label, run.path, time.time() - tic, base))
@@ -182,10 +182,10 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict
         rebuilt = {r["row"]: r for r in rows}
         return [rebuilt.get(r["row"], r) for r in saved]
     tic = time.time()
-    ptq = compress_run(fp32_run, "ptq", out=out, name=f"{name}-resnet18-ptq", n_bootstrap=0, epochs=0)
+    ptq = compress_run(fp32_run, "ptq", out=out, name=f"{name}-resnet18-ptq", n_bootstrap=0, epochs=0, seed=seed)
     log(onnx_row("int8 PTQ", ptq.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ static"))
     tic = time.time()
-    qat = compress_run(fp32_run, "qat", out=out, name=f"{name}-resnet18-qat", n_bootstrap=0,
+    qat = compress_run(fp32_run, "qat", out=out, name=f"{name}-resnet18-qat", n_bootstrap=0, seed=seed,
                        epochs=budget["qat_epochs"], max_train=budget["qat_max_train"])
     log(onnx_row("int8 QAT", qat.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ (after QAT)"))
     tic = time.time()
@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="/tmp/meddx-bench-compress", help="folder for the benchmark's runs")
     p.add_argument("--quick", action="store_true", help="tiny budgets (checks the script, not the numbers)")
     p.add_argument("--reuse", action="store_true", help="reuse the models built by an earlier run; only time them")
+    p.add_argument("--seed", type=int, default=0, help="training and fine-tune seed (a second seed checks the table)")
     p.add_argument("--no-distill", dest="distill", action="store_false",
                    help="pruning fine-tunes on the labels instead of distilling the fp32 model (the default)")
     p.add_argument("--rebuild-pruning", action="store_true",
@@ -259,10 +260,10 @@ def main(argv: list[str] | None = None) -> None:
         if (args.reuse or args.rebuild_pruning) and saved.is_file():
             rows = [r | {"_path": Path(r["_path"])} for r in json.loads(saved.read_text())]
             if args.rebuild_pruning:
-                rows = bench_dataset(name, out, budget, saved=rows, distill=args.distill)
+                rows = bench_dataset(name, out, budget, saved=rows, distill=args.distill, seed=args.seed)
                 saved.write_text(json.dumps(rows, default=str))
         else:
-            rows = bench_dataset(name, out, budget, distill=args.distill)
+            rows = bench_dataset(name, out, budget, distill=args.distill, seed=args.seed)
             saved.write_text(json.dumps(rows, default=str))
         from meddx.data import load_data
 
