@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="pruning fine-tunes on the labels instead of distilling the fp32 model (the default)")
     p.add_argument("--rebuild-pruning", action="store_true",
                    help="reuse an earlier run's models but rebuild the four pruning rows from its fp32 ResNet-18 "
-                        "(training is seeded, so the fp32 model is the one a full run would train); time all rows")
+                        "(that same model: CPU training is seeded but not bit-exact, so a full run may train a "
+                        "slightly different one); time all rows")
     args = p.parse_args(argv)
     import onnxruntime
     import torch

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddx.data.augment import POLICIES, AugmentPolicy, Normalization, policy_for, random_affine
+from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.engine.checkpoint import load_model, save_checkpoint
-from meddx.engine.config import DEFAULT_BATCH_SIZE, TrainConfig
+from meddx.engine.config import TrainConfig, augment_policy, batch_size_for
 from meddx.engine.evaluate import evaluate_run
 from meddx.engine.loop import predict, train_one_epoch
 from meddx.engine.run import RunDir
@@ -82,12 +82,11 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
     validation metric."""
     if epochs <= 0:
         return []
-    policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
-                                                 else POLICIES.get(cfg.augment))
+    policy = augment_policy(cfg, data.modality)
     train = data.train
     if max_train and max_train < len(train):
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_train])
-    batch = min(cfg.batch_size or getattr(task, "default_batch_size", DEFAULT_BATCH_SIZE), len(train))
+    batch = min(batch_size_for(cfg, task), len(train))
     steps = max(1, len(train) // batch) * epochs
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -181,8 +180,9 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     torch.manual_seed(seed)
     t0 = time.time()
     source = headline_metrics(model, task, data, norm, cfg)
-    # segmentation/detection train on patches; their whole images (volumes) are no BatchNorm batches
-    bn_recalibration = not hasattr(task, "evaluate")
+    # segmentation/detection (tasks with their own `evaluate`) train on patches: their whole images (volumes)
+    # are no BatchNorm batches, and distillation matches class probabilities
+    classifier = not hasattr(task, "evaluate")
     # weights only: a ``last`` checkpoint also holds the optimiser state
     before = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": weights_mb(ckpt)}
 
@@ -191,7 +191,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
                             "model": meta["model"], "before": before}
     history: list[dict[str, Any]] = []
     ft_task = task
-    if distill and method.startswith("prune") and epochs > 0 and hasattr(task, "kind"):
+    if distill and method.startswith("prune") and epochs > 0 and classifier:
         from meddx.deploy.distill import DistillationTask
 
         ft_task = DistillationTask(task, load_model(ckpt)[0])  # the unpruned model as the teacher
@@ -199,7 +199,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     if method == "prune":
         prune.prune_unstructured(model, amount)
         history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
-                           bn_recalibration=bn_recalibration)
+                           bn_recalibration=classifier)
         prune.make_permanent(model)
         info["options"] = {"amount": amount, "scope": "global L1 over Conv/Linear weights"}
     elif method == "prune-structured":
@@ -207,7 +207,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
         info["structure"] = prune.prune_structured(model, meta["model"], amount, example,
                                                    get_model_spec(meta["model"]).head)
         history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
-                           bn_recalibration=bn_recalibration)
+                           bn_recalibration=classifier)
         info["options"] = {"ratio": amount, "importance": "group L2 magnitude (torch-pruning)"}
     elif method == "qat":
         handles = quantize.prepare_qat(model)

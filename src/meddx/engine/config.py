@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meddx.errors import MeddxError
+
+if TYPE_CHECKING:
+    from meddx.data.augment import AugmentPolicy
 
 DEFAULT_BATCH_SIZE = 128  # classification; tasks with large inputs declare their own ``default_batch_size``
 
@@ -89,3 +92,17 @@ class TrainConfig:
 def auto_epochs(n_train: int, budget_samples: int = 300_000, lo: int = 15, hi: int = 100) -> int:
     """Epochs for a fixed budget of sample visits: small sets get more epochs, large sets fewer."""
     return int(min(hi, max(lo, round(budget_samples / max(n_train, 1)))))
+
+
+def batch_size_for(cfg: TrainConfig, task: Any) -> int:
+    """The configured batch size, or the task's default (small for volumes), or :data:`DEFAULT_BATCH_SIZE`."""
+    return cfg.batch_size or getattr(task, "default_batch_size", DEFAULT_BATCH_SIZE)
+
+
+def augment_policy(cfg: TrainConfig, modality: str) -> AugmentPolicy | None:
+    """The training augmentation of ``cfg.augment``: none, the modality's policy (auto) or a named policy."""
+    from meddx.data.augment import POLICIES, policy_for
+
+    if cfg.augment == "none":
+        return None
+    return policy_for(modality) if cfg.augment == "auto" else POLICIES.get(cfg.augment)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from meddx.data import DataBundle, load_data
-from meddx.data.augment import POLICIES, Normalization, policy_for
+from meddx.data.augment import POLICIES, Normalization
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
-from meddx.engine.config import DEFAULT_BATCH_SIZE, TrainConfig, auto_epochs
+from meddx.engine.config import TrainConfig, augment_policy, auto_epochs, batch_size_for
 from meddx.engine.loop import train_one_epoch
 from meddx.engine.progress import EpochProgress
 from meddx.engine.run import RunDir
@@ -88,11 +88,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     task = task_for_training(cfg, data)
     if cfg.model == DEFAULT_MODEL and getattr(task, "default_model", None):  # e.g. detection: a detector
         cfg.model = task.default_model
-    if cfg.batch_size is None:  # stored resolved in config.json, so a resume uses the same number
-        cfg.batch_size = getattr(task, "default_batch_size", DEFAULT_BATCH_SIZE)
+    cfg.batch_size = batch_size_for(cfg, task)  # stored resolved in config.json, so a resume uses the same number
     norm = Normalization.fit(data.train.images)
-    policy = None if cfg.augment == "none" else (policy_for(data.modality) if cfg.augment == "auto"
-                                                 else POLICIES.get(cfg.augment))
+    policy = augment_policy(cfg, data.modality)
     if cfg.augment not in ("auto", "none") and policy is None:
         raise MeddxError(f"unknown augmentation policy {cfg.augment!r}; available: auto, {', '.join(POLICIES)}")
     epochs = cfg.epochs or auto_epochs(len(data.train))
