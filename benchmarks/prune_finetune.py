@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=["labels:1e-3", "kd1:1e-3"],
-                   help="LOSS:LR with LOSS = labels or kdALPHA (kd1: pure distillation, kd0.7: 70%% distillation)")
+                   help="LOSS:LR[:EPOCHS[:STEPS]]. LOSS: labels, or kdALPHA (kd1: pure distillation, kd0.7: 70%% "
+                        "distillation). EPOCHS: default --epochs. STEPS > 1 prunes iteratively: the same final "
+                        "width in STEPS equal multiplicative steps, the epochs split between them")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     src = RunDir.open(args.run)
@@ -74,15 +76,22 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = [row(base, "fp32 source", 0.0)]
     for variant in args.variants:
-        loss, lr = variant.split(":")
+        loss, lr, *rest = variant.split(":")
+        epochs = int(rest[0]) if rest else args.epochs
+        steps = int(rest[1]) if len(rest) > 1 else 1
         torch.manual_seed(0)
         model, _ = load_model(ckpt)
-        prune.prune_structured(model, meta["model"], args.ratio, norm(data.train.images[:2]),
-                               get_model_spec(meta["model"]).head)
         ft_task = task if loss == "labels" else DistillationTask(task, load_model(ckpt)[0], alpha=float(loss[2:]))
         tic = time.time()
-        finetune(model, data, ft_task, norm, cfg, epochs=args.epochs, lr=float(lr), seed=0)
-        rows.append(row(model, f"{variant} x{args.epochs}", time.time() - tic))
+        step_ratio = 1 - (1 - args.ratio) ** (1 / steps)  # (1 - r)^steps of the channels are kept
+        for k in range(steps):
+            info = prune.prune_structured(model, meta["model"], step_ratio, norm(data.train.images[:2]),
+                                          get_model_spec(meta["model"]).head)
+            finetune(model, data, ft_task, norm, cfg, epochs=epochs // steps + (k < epochs % steps), lr=float(lr),
+                     seed=k)
+        print(f"  channels now {info['channels_after']}", flush=True)
+        rows.append(row(model, f"{loss}:{lr} x{epochs}" + (f" in {steps} steps" if steps > 1 else ""),
+                        time.time() - tic))
         print(f"  {rows[-1]['variant']}: val |dp| {rows[-1]['val_dp']:.4f}", flush=True)
     best = min(rows[1:], key=lambda r: r["val_dp"])
     print_table(rows, COLUMNS, f"{data.name}: structured pruning {args.ratio:.0%} fine-tune variants "
