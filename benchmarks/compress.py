@@ -43,8 +43,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 QUICK = {"epochs": 1, "max_minutes": 1.0, "eff_minutes": 1.0, "ft_epochs": 1, "ft_max_train": 256,
          "sft_epochs": 1, "sft_max_train": 256, "qat_epochs": 1, "qat_max_train": 256}
 EFFICIENT = ("mobilenet_v3_small", "shufflenet_v2", "efficientnet_b0")
-COLUMNS = ["row", "runtime", "acc", "auc", "d_acc", "d_auc", "size_mb", "zip_mb", "params", "sparsity",
-           "lat_b1_ms", "img_s_b64", "speedup_b64", "speedup_b1", "seconds"]
+COLUMNS = ["row", "runtime", "acc", "auc", "d_acc", "d_acc_ci95", "fixed", "broken", "d_auc", "size_mb", "zip_mb",
+           "params", "sparsity", "lat_b1_ms", "img_s_b64", "speedup_b64", "speedup_b1", "seconds"]
 
 
 def ort_kernels(path: Path, workdir: Path) -> str:
@@ -96,6 +96,34 @@ def time_rows(rows: list[dict[str, Any]], example, rounds: int = ROUNDS) -> None
     for r in rows:
         r["speedup_b64"] = r["img_s_b64"] / base["img_s_b64"]
         r["speedup_b1"] = base["lat_b1_ms"] / r["lat_b1_ms"]
+
+
+def paired_change(rows: list[dict[str, Any]], images, labels, n_bootstrap: int = 2000) -> None:
+    """Per row, against the fp32 row on the same test images: predictions that changed (``fixed``: now right,
+    ``broken``: now wrong) and a paired bootstrap 95% CI of Δ ACC (both models scored on each resample)."""
+    import numpy as np
+    import torch
+
+    from meddx.deploy.onnx_export import OnnxPredictor
+    from meddx.metrics.bootstrap import resample_indices
+
+    def predicted(r: dict[str, Any]) -> np.ndarray:
+        if r["_kind"] == "onnx":
+            return OnnxPredictor(r["_path"], threads=2).predict(images).argmax(1)
+        with torch.no_grad():
+            return runnable("torch", r["_path"])(images).argmax(1).numpy()
+
+    y = np.asarray(labels).reshape(len(labels), -1)[:, 0]
+    preds = [predicted(r) for r in rows]
+    base = preds[0] == y
+    for r, pred in zip(rows, preds):
+        hit = pred == y
+        diffs = np.concatenate([(hit[i].astype(float) - base[i]).mean(1)
+                                for i in resample_indices(len(y), n_bootstrap, seed=0)])
+        r["fixed"], r["broken"] = int((hit & ~base).sum()), int((~hit & base).sum())
+        r["agree"] = float((pred == preds[0]).mean())
+        r["d_acc_ci95"] = [round(float(np.percentile(diffs, 2.5)) * 100, 1),
+                           round(float(np.percentile(diffs, 97.5)) * 100, 1)]
 
 
 def test_metrics(task, y_true, y_score) -> dict[str, float]:
@@ -268,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
             saved.write_text(json.dumps(rows, default=str))
         from meddx.data import load_data
 
-        time_rows(rows, load_data(str(SHARED / name / f"{name}.npz")).test.images[:1])
+        test = load_data(str(SHARED / name / f"{name}.npz")).test
+        paired_change(rows, test.images, test.labels.numpy())
+        time_rows(rows, test.images[:1])
         targets[name] = check_targets(rows)
         print_table(rows, COLUMNS, f"{name}: ResNet-18 compression, 2 CPU threads (budget {json.dumps(budget)}, "
                                    f"{(time.time() - tic) / 60:.1f} min)")
@@ -277,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {r['row']}: ORT kernels after optimisation: {r['kernels']}")
         print(f"  targets: {json.dumps(targets[name], default=float)}", flush=True)
         all_rows += rows
-    print_json([{k: v for k, v in r.items() if k not in ("kernels", "_kind", "_path")} for r in all_rows])
+    print_json([{k: v for k, v in r.items() if k != "kernels" and not k.startswith("_")} for r in all_rows])
 
 
 if __name__ == "__main__":
