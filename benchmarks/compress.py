@@ -107,7 +107,7 @@ def paired_change(rows: list[dict[str, Any]], images, labels, n_bootstrap: int =
     import torch
 
     from meddx.deploy.onnx_export import OnnxPredictor
-    from meddx.metrics.bootstrap import resample_indices
+    from meddx.metrics.bootstrap import bootstrap_ci
 
     def predicted(r: dict[str, Any]) -> np.ndarray:
         if r["_kind"] == "onnx":
@@ -120,12 +120,11 @@ def paired_change(rows: list[dict[str, Any]], images, labels, n_bootstrap: int =
     base = preds[0] == y
     for r, pred in zip(rows, preds):
         hit = pred == y
-        diffs = np.concatenate([(hit[i].astype(float) - base[i]).mean(1)
-                                for i in resample_indices(len(y), n_bootstrap, seed=0)])
+        # paired: each resample draws the same images for the fp32 hits (y_true) and this row's (y_score)
+        ci = bootstrap_ci(base, hit, lambda b, h: h.mean() - b.mean(), n_bootstrap=n_bootstrap, seed=0)
         r["fixed"], r["broken"] = int((hit & ~base).sum()), int((~hit & base).sum())
         r["agree"] = float((pred == preds[0]).mean())
-        r["d_acc_ci95"] = [round(float(np.percentile(diffs, 2.5)) * 100, 1),
-                           round(float(np.percentile(diffs, 97.5)) * 100, 1)]
+        r["d_acc_ci95"] = [round(ci[0] * 100, 1), round(ci[1] * 100, 1)]
 
 
 def test_metrics(task, y_true, y_score) -> dict[str, float]:

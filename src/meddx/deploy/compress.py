@@ -172,7 +172,8 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     if meta.get("compression", {}).get("method") in INT8_METHODS and method != "prune":
         raise MeddxError(f"run is already int8-compressed ({meta['compression']['method']}); compress the fp32 run",
                          src.path)
-    data = data or _load_run_data(cfg, data_spec, method if method in INT8_METHODS else None)
+    if data is None:
+        data = _load_run_data(cfg, data_spec, method if method in INT8_METHODS else None)
     if data.class_names != meta["classes"]:
         raise MeddxError(f"data classes {data.class_names} differ from the checkpoint's {meta['classes']}", ckpt)
     task = task_from_meta(meta)
