@@ -10,7 +10,8 @@ highest throughput) and the JSON keeps every pass.
 
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py                 # both data sets (~30-40 min CPU)
     flock /tmp/meddx-cpu.lock python benchmarks/compress.py --quick --datasets breastmnist   # smoke run
-    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild-pruning --no-distill  # pruning rows, labels only
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild pruning --no-distill  # pruning rows, labels only
+    flock /tmp/meddx-cpu.lock python benchmarks/compress.py --rebuild int8   # int8 PTQ/QAT/ONNX rows of an earlier run
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ PRUNING = (("pruned 50% (unstructured)", "prune", 0.5), ("pruned 80% (unstructur
 
 
 def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict[str, Any]] | None = None,
-                  distill: bool = True, seed: int = 0) -> list[dict[str, Any]]:
-    """Build every row; with ``saved`` (an earlier call's rows), rebuild only the pruning rows from its fp32 run."""
+                  rebuild: tuple[str, ...] = (), distill: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """Build every row; with ``saved`` (an earlier call's rows), rebuild only the row groups in ``rebuild``
+    (``pruning``, ``int8``) from its fp32 run."""
     import torch
 
     from meddx.data import load_data
@@ -193,6 +195,22 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict
               f"({row['seconds']:.0f} s)"
               + (f" kernels: {row['kernels']}" if row.get("kernels") else ""), flush=True)
 
+    def int8_rows(fp32_run: Path, base: dict[str, Any]) -> None:
+        tic = time.time()
+        ptq = compress_run(fp32_run, "ptq", out=out, name=f"{name}-resnet18-ptq", n_bootstrap=0, epochs=0, seed=seed)
+        log(onnx_row("int8 PTQ", ptq.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ static"))
+        tic = time.time()
+        qat = compress_run(fp32_run, "qat", out=out, name=f"{name}-resnet18-qat", n_bootstrap=0, seed=seed,
+                           epochs=budget["qat_epochs"], max_train=budget["qat_max_train"])
+        log(onnx_row("int8 QAT", qat.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ (after QAT)"))
+        tic = time.time()
+        exp = export_run(fp32_run, int8=True)
+        sec = time.time() - tic
+        row = onnx_row("ONNX fp32", fp32_run / "model.onnx", sec, base, "ORT fp32")
+        row["onnx_max_abs_diff"] = exp["max_abs_diff"]
+        log(row)
+        log(onnx_row("ONNX int8", fp32_run / "model_int8.onnx", sec, base, "ORT int8 QDQ static"))
+
     if saved:
         base = next(r for r in saved if r["row"] == "fp32 ResNet-18")
         fp32_run = Path(base["_path"]).parent
@@ -200,30 +218,18 @@ def bench_dataset(name: str, out: Path, budget: dict[str, Any], saved: list[dict
         fp32_run, sec = train("resnet18", budget["max_minutes"])
         base = torch_row("fp32 ResNet-18", fp32_run, sec, None)
         log(base)
-    for label, method, amount in PRUNING:
+    for label, method, amount in PRUNING if not saved or "pruning" in rebuild else ():
         tic = time.time()
         key = "sft" if method == "prune-structured" else "ft"
         run = compress_run(fp32_run, method, amount=amount, out=out, n_bootstrap=0, seed=seed,
                            name=f"{name}-resnet18-{method}-{int(amount * 100)}", epochs=budget[f"{key}_epochs"],
                            max_train=budget[f"{key}_max_train"], distill=distill)
         log(torch_row(label, run.path, time.time() - tic, base))
+    if not saved or "int8" in rebuild:
+        int8_rows(fp32_run, base)
     if saved:
         rebuilt = {r["row"]: r for r in rows}
         return [rebuilt.get(r["row"], r) for r in saved]
-    tic = time.time()
-    ptq = compress_run(fp32_run, "ptq", out=out, name=f"{name}-resnet18-ptq", n_bootstrap=0, epochs=0, seed=seed)
-    log(onnx_row("int8 PTQ", ptq.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ static"))
-    tic = time.time()
-    qat = compress_run(fp32_run, "qat", out=out, name=f"{name}-resnet18-qat", n_bootstrap=0, seed=seed,
-                       epochs=budget["qat_epochs"], max_train=budget["qat_max_train"])
-    log(onnx_row("int8 QAT", qat.path / "model_int8.onnx", time.time() - tic, base, "ORT int8 QDQ (after QAT)"))
-    tic = time.time()
-    exp = export_run(fp32_run, int8=True)
-    sec = time.time() - tic
-    row = onnx_row("ONNX fp32", fp32_run / "model.onnx", sec, base, "ORT fp32")
-    row["onnx_max_abs_diff"] = exp["max_abs_diff"]
-    log(row)
-    log(onnx_row("ONNX int8", fp32_run / "model_int8.onnx", sec, base, "ORT int8 QDQ static"))
     for arch in EFFICIENT:
         run, sec = train(arch, budget["eff_minutes"])
         log(torch_row(f"{arch} fp32", run, sec, base))
@@ -269,11 +275,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="training and fine-tune seed (a second seed checks the table)")
     p.add_argument("--no-distill", dest="distill", action="store_false",
                    help="pruning fine-tunes on the labels instead of distilling the fp32 model (the default)")
-    p.add_argument("--rebuild-pruning", action="store_true",
-                   help="reuse an earlier run's models but rebuild the four pruning rows from its fp32 ResNet-18 "
-                        "(that same model: CPU training is seeded but not bit-exact, so a full run may train a "
-                        "slightly different one); time all rows")
+    p.add_argument("--rebuild", nargs="+", choices=("pruning", "int8"), default=[],
+                   help="reuse an earlier run's models but rebuild these row groups from its fp32 ResNet-18 (that "
+                        "same model: CPU training is seeded but not bit-exact, so a full run may train a slightly "
+                        "different one); time all rows")
+    p.add_argument("--rebuild-pruning", action="store_true", help="the same as --rebuild pruning")
     args = p.parse_args(argv)
+    rebuild = tuple(sorted(set(args.rebuild) | ({"pruning"} if args.rebuild_pruning else set())))
     import onnxruntime
     import torch
 
@@ -287,10 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         budget = QUICK if args.quick else BUDGETS[name]
         out = Path(args.out) / ("quick" if args.quick else "full")
         saved = out / f"{name}-rows.json"  # built rows (metrics, files): --reuse times them again without rebuilding
-        if (args.reuse or args.rebuild_pruning) and saved.is_file():
+        if (args.reuse or rebuild) and saved.is_file():
             rows = [r | {"_path": Path(r["_path"])} for r in json.loads(saved.read_text())]
-            if args.rebuild_pruning:
-                rows = bench_dataset(name, out, budget, saved=rows, distill=args.distill, seed=args.seed)
+            if rebuild:
+                rows = bench_dataset(name, out, budget, saved=rows, rebuild=rebuild, distill=args.distill,
+                                     seed=args.seed)
                 saved.write_text(json.dumps(rows, default=str))
         else:
             rows = bench_dataset(name, out, budget, distill=args.distill, seed=args.seed)

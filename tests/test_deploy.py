@@ -98,6 +98,38 @@ def test_structured_pruning_shrinks_and_reloads():
         assert torch.equal(rebuilt.eval()(x), model(x))
 
 
+@pytest.mark.parametrize("float_ends", [True, False])
+def test_int8_float_ends_keep_stem_and_classifier_in_float(float_ends, tmp_path):
+    """By default the stem (with the folded preprocessing) and the classifier stay float, every other
+    Conv/Gemm runs on int8 weights; ``float_ends=False`` quantizes them all. QAT mirrors the choice."""
+    import onnx
+
+    model = _random_bn(create_model("resnet18_slim", 1, 2, 28))
+    fp32 = onnx_export.export_onnx(model, META, tmp_path / "m.onnx")
+    gen = torch.Generator().manual_seed(0)
+    calib = [(torch.rand(16, 1, 28, 28, generator=gen) * 255).to(torch.uint8).numpy() for _ in range(2)]
+    q = quantize.quantize_onnx(fp32, tmp_path / "q.onnx", calib, float_ends=float_ends)
+    graph = onnx.load(str(q)).graph
+    dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    int8_weights = [n.input[1] in dq_out for n in layers]
+    assert len(layers) > 10 and all(int8_weights[1:-1])
+    assert int8_weights[0] is not float_ends and int8_weights[-1] is not float_ends
+    first_conv_input_quantized = layers[0].input[0] in dq_out
+    assert first_conv_input_quantized is not float_ends
+    assert bool(onnx_export.read_meta(q)["quantization"]["float"]) is float_ends
+    probs = onnx_export.OnnxPredictor(q).predict(torch.from_numpy(calib[0]))
+    ref = onnx_export.OnnxPredictor(fp32).predict(torch.from_numpy(calib[0]))
+    assert np.abs(probs - ref).max() < 0.1
+
+    qat = create_model("resnet18_slim", 1, 2, 28)
+    handles = quantize.prepare_qat(qat, float_ends=float_ends)
+    parametrized = [torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in qat.modules()
+                    if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(parametrized[1:-1]) and parametrized[0] is not float_ends and parametrized[-1] is not float_ends
+    assert len(handles) == sum(parametrized)
+
+
 def test_export_int8_and_predict_onnx(trained_run, tmp_path):
     r = invoke("export", trained_run, "--int8", "--calibration-samples", "64")
     assert r.exit_code == 0, r.output

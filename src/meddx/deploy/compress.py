@@ -137,7 +137,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
                  lr: float | None = None, max_train: int | None = None, calibration_samples: int = 512,
                  calibration: str = "minmax", data_spec: str | None = None, out: str | Path | None = None,
                  name: str | None = None, n_bootstrap: int = 200, seed: int = 0, distill: bool = True,
-                 data: Any = None) -> RunDir:
+                 data: Any = None, float_ends: bool = True) -> RunDir:
     """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
@@ -146,6 +146,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning fine-tunes of classifiers fit the
     pruned model to the unpruned model's outputs (knowledge distillation, :mod:`meddx.deploy.distill`) instead
     of the labels. ``data``: the run's data set already loaded (else loaded from the run's config/``data_spec``).
+    ``float_ends``: int8 keeps the stem and the classifier in float (:mod:`meddx.deploy.quantize`).
 
     Segmentation and detection runs take both pruning methods (int8 export folds classification
     probabilities only); their change is measured on the task's monitored metric (Dice, mAP@0.5, CPM).
@@ -211,7 +212,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
                            bn_recalibration=classifier)
         info["options"] = {"ratio": amount, "importance": "group L2 magnitude (torch-pruning)"}
     elif method == "qat":
-        handles = quantize.prepare_qat(model)
+        handles = quantize.prepare_qat(model, float_ends=float_ends)
         model.eval()
         with torch.no_grad():  # calibrate the input ranges before the fake quantizers switch on
             for batch in quantize.calibration_batches(data.train.images, calibration_samples, seed=seed):
@@ -240,10 +241,12 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
         fp32 = onnx_export.export_onnx(model, comp_meta, run.path / "model.onnx")
         info["onnx_max_abs_diff"] = onnx_export.verify_onnx(model, comp_meta, fp32, data.test.images[:64])
         calib = quantize.calibration_batches(data.train.images, calibration_samples, seed=seed)
-        int8 = quantize.quantize_onnx(fp32, run.path / "model_int8.onnx", calib, method=calibration)
+        int8 = quantize.quantize_onnx(fp32, run.path / "model_int8.onnx", calib, method=calibration,
+                                      float_ends=float_ends)
         after["file_mb"] = file_mb(int8)
         info["options"] = info.get("options", {}) | {"calibration": calibration,
-                                                     "calibration_samples": calibration_samples}
+                                                     "calibration_samples": calibration_samples,
+                                                     "float_ends": float_ends}
     info["after"] = after
     info["seconds"] = round(time.time() - t0, 1)
     # scored as `meddx evaluate` scores the new run (an int8 run: its int8 ONNX model)
@@ -258,7 +261,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
 
 def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples: int = 512,
                calibration: str = "minmax", data_spec: str | None = None, tol: float = 1e-4,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, float_ends: bool = True) -> dict[str, Any]:
     """Write ``<run>/model.onnx`` (and ``model_int8.onnx``), verified against PyTorch; returns ``export.json``."""
     from meddx.deploy import onnx_export, quantize
     from meddx.deploy.latency import file_mb
@@ -289,10 +292,11 @@ def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples:
                               "max_abs_diff": onnx_export.verify_onnx(model, meta, fp32, images, tol=tol)}
     if int8:
         calib = quantize.calibration_batches(data.train.images, calibration_samples, seed=seed)
-        q = quantize.quantize_onnx(fp32, src.path / "model_int8.onnx", calib, method=calibration)
+        q = quantize.quantize_onnx(fp32, src.path / "model_int8.onnx", calib, method=calibration,
+                                   float_ends=float_ends)
         ref = onnx_export.OnnxPredictor(fp32).predict(data.test.images)
         got = onnx_export.OnnxPredictor(q).predict(data.test.images)
-        result["int8"] = {"onnx": str(q), "file_mb": file_mb(q), "calibration": calibration,
+        result["int8"] = {"onnx": str(q), "file_mb": file_mb(q), "calibration": calibration, "float_ends": float_ends,
                           "calibration_samples": calibration_samples,
                           "max_abs_diff_vs_fp32": float(np.abs(got - ref).max()),
                           "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}

@@ -7,6 +7,15 @@ its converted graphs only run fast after inductor compilation. ORT's ``quantize_
 per-channel weights, uint8 per-tensor activations calibrated on training images) gives a model that ORT
 fuses into QLinearConv/QGemm with MLAS int8 (VNNI) kernels on x86 CPUs.
 
+The two ends of the network stay in float by default (``float_ends``): the folded preprocessing with the first
+convolution, and the classifier. The normalised input ``(raw - mean) / std`` lies on a grid of one grey level,
+but uint8 quantization's zero point is an integer, so every pixel moves by the fractional part of the mean (up
+to half a grey level); in a PyTorch simulation of ORT's scheme this input rounding was the largest single error
+source on all three BreastMNIST benchmark models. The classifier's output would quantize the logits themselves,
+right at the decision. Both layers are a small share of the compute (a 1- or 3-channel stem, a 512 x classes
+matrix). Measured on the six benchmark ResNet-18s (benchmarks/RESULTS.md): test mean |p - p_fp32| lower on all
+six, validation on five.
+
 QAT here mirrors exactly that scheme: BatchNorm is folded into the convolutions first (as the ONNX exporter
 does), weights are fake-quantized per output channel (symmetric int8, max-abs, as ORT) and the inputs of every
 Conv/Linear per tensor (asymmetric uint8, ranges from calibration then a moving average), with the
@@ -44,9 +53,19 @@ def calibration_batches(images: torch.Tensor, n: int = 512, batch_size: int = 64
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 
+def float_end_nodes(nodes: list[Any]) -> list[str]:
+    """Names of the nodes kept in float by ``float_ends``: everything up to and including the first convolution
+    (the folded preprocessing and the stem), and the last Gemm/MatMul (the classifier) with what follows it."""
+    kinds = [n.op_type for n in nodes]
+    first = next((i for i, k in enumerate(kinds) if k in ("Conv", "ConvTranspose")), -1)
+    last = max((i for i, k in enumerate(kinds) if k in ("Gemm", "MatMul")), default=len(nodes))
+    return [n.name for i, n in enumerate(nodes) if i <= first or i >= last]
+
+
 def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: list[np.ndarray],
-                  method: str = "minmax", per_channel: bool = True) -> Path:
-    """ORT static quantization (QDQ, int8 weights per channel, uint8 activations) of an exported meddx model."""
+                  method: str = "minmax", per_channel: bool = True, float_ends: bool = True) -> Path:
+    """ORT static quantization (QDQ, int8 weights per channel, uint8 activations) of an exported meddx model;
+    ``float_ends`` keeps the stem and the classifier in float (module docstring)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -86,6 +105,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: lis
         # Keep the output activation (softmax/sigmoid) in float: quantizing probabilities costs accuracy for nothing.
         keep_float = [n.name for n in proto.graph.node if n.op_type in ("Softmax", "Sigmoid")
                       and proto.graph.output[0].name in n.output]
+        if float_ends:
+            keep_float += float_end_nodes(list(proto.graph.node))
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=keep_float,
@@ -94,6 +115,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: lis
         set_meta(out, meta | {"quantization": {"format": "QDQ", "weights": "int8 per-channel" if per_channel
                                                else "int8 per-tensor", "activations": "uint8 per-tensor",
                                                "calibration": method,
+                                               "float": ["preprocessing and first convolution", "classifier"]
+                                               if float_ends else [],
                                                "calibration_images": int(sum(len(b) for b in calibration))}})
         onnx.save(out, str(tmp))
     return int8_path
@@ -176,19 +199,26 @@ class ActFakeQuant:
         return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255), *args[1:])
 
 
-def prepare_qat(model: nn.Module) -> list[Any]:
-    """Fold BN, freeze the (identity) BNs and attach weight/input fake quantizers to every Conv/Linear.
+def prepare_qat(model: nn.Module, float_ends: bool = True) -> list[Any]:
+    """Fold BN, freeze the (identity) BNs and attach weight/input fake quantizers to every Conv/Linear (with
+    ``float_ends``, as :func:`quantize_onnx`: not the first convolution nor the last Linear, in module order,
+    which is the stem and the classifier for the registered classifiers).
 
     Returns the handles that :func:`finish_qat` removes; call :func:`enable_act_quant` after calibrating.
     """
     fold_batchnorm(model)
+    layers = [m for m in model.modules() if isinstance(m, (*CONVS, nn.Linear))]
+    skip = set()
+    if float_ends and layers:
+        skip |= {id(m) for m in layers[:1] if isinstance(m, CONVS)}
+        skip |= {id(m) for m in layers[-1:] if isinstance(m, nn.Linear)}
     handles: list[Any] = []
     for m in model.modules():
         if isinstance(m, NORMS):
             m.eval()
             m.weight.requires_grad_(False)  # BN is an identity + bias now; only the bias keeps learning
             m.train = lambda mode=True, _m=m: _m  # stays frozen when the model switches to training
-        elif isinstance(m, (*CONVS, nn.Linear)):
+        elif isinstance(m, (*CONVS, nn.Linear)) and id(m) not in skip:
             parametrize.register_parametrization(m, "weight", WeightFakeQuant())
             hook = ActFakeQuant()
             handles.append((m, hook, m.register_forward_pre_hook(hook)))
