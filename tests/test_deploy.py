@@ -193,6 +193,26 @@ def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
         assert r.exit_code == 0, r.output
         again = json.loads((new / "metrics.json").read_text())
         assert again["runtime"] == "onnxruntime int8" and again["acc"] == pytest.approx(metrics["acc"])
+        # QAT distils the source with SGD and records which state it kept (the start counts: epoch -1)
+        assert info["distillation"]["alpha"] == 1.0 and info["finetune"]["optimizer"] == "sgd"
+        history = info["finetune"]["history"]
+        assert [h["epoch"] for h in history] == [-1, 0] and sum(bool(h.get("kept")) for h in history) == 1
+
+
+def test_qat_keeps_its_calibrated_start_when_the_fine_tune_only_hurts(trained_run, tmp_path):
+    """A learning rate that wrecks the weights: QAT must hand back its starting point (the calibrated int8
+    model, i.e. what PTQ gives), not the wrecked state."""
+    from meddx.deploy.compress import compress_run
+    from meddx.deploy.onnx_export import OnnxPredictor
+
+    ptq = compress_run(trained_run, "ptq", out=tmp_path, name="ptq", n_bootstrap=0)
+    qat = compress_run(trained_run, "qat", out=tmp_path, name="qat", n_bootstrap=0, epochs=1, lr=1e4)
+    history = json.loads((qat.path / "compress.json").read_text())["finetune"]["history"]
+    assert history[0]["epoch"] == -1 and history[0].get("kept") and not history[1].get("kept")
+    x = torch.from_numpy(np.load(write_fake_medmnist(tmp_path / "x.npz", n=(8, 8, 8)))["test_images"])[:, None]
+    p_ptq = OnnxPredictor(ptq.path / "model_int8.onnx").predict(x)
+    p_qat = OnnxPredictor(qat.path / "model_int8.onnx").predict(x)
+    assert np.abs(p_qat - p_ptq).max() < 0.02
 
 
 def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):

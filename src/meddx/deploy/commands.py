@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(1, help="fine-tune epochs after pruning / of QAT (0: none); structured pruning "
                                            "needs a longer one: the MedMNIST benchmark uses 100-200 optimiser steps "
                                            "(BreastMNIST 30 epochs, PneumoniaMNIST 6)"),
-        lr: float | None = typer.Option(None, help="fine-tune learning rate (AdamW, cosine); default by method"),
+        lr: float | None = typer.Option(None, help="fine-tune learning rate (cosine; AdamW for pruning, SGD with "
+                                                   "momentum for QAT); default by method"),
         max_train: int | None = typer.Option(None, help="at most this many training images per fine-tune epoch"),
         calibration_samples: int = typer.Option(512, help="training images that calibrate the int8 ranges"),
         calibration: str = typer.Option("minmax", help="int8 calibration: minmax | percentile | entropy"),
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, help="new run folder name"),
         bootstrap: int = typer.Option(200, help="bootstrap resamples for the metrics' 95% CIs (0: none)"),
         distill: bool = typer.Option(True, "--distill/--no-distill",
-                                     help="pruning fine-tunes fit the unpruned model's outputs (knowledge "
+                                     help="pruning and QAT fine-tunes fit the source model's outputs (knowledge "
                                           "distillation) instead of the labels"),
     ) -> None:
         """Prune or quantize a trained run into a NEW run folder with metadata and test metrics."""

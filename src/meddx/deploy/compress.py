@@ -30,8 +30,14 @@ from meddx.errors import MeddxError
 from meddx.tasks import task_from_meta
 
 METHODS = ("prune", "prune-structured", "ptq", "qat")
-# Fine-tune learning rates (AdamW): a heavily pruned net needs more recovery; QAT only nudges weights onto the grid.
-DEFAULT_LR = {"prune": 2e-4, "prune-structured": 1e-3, "qat": 2e-5, "ptq": 0.0}
+# Fine-tune learning rates: AdamW for pruning (a heavily pruned net needs more recovery); SGD with momentum for
+# QAT, which only nudges weights towards the fp32 model's outputs. Adam moves every weight by about lr per step
+# whatever its gradient (its first step is lr * sign(g)); on the int8 grid that drift outweighed the fit: AdamW
+# at 1e-7 already changed the BreastMNIST int8 outputs, at 2e-5 it took the validation mean |p - p_fp32| from
+# 0.002 to 0.044. Distillation with SGD at 1e-3 lowered it below PTQ's on all six benchmark models (3e-3
+# diverged on two; benchmarks/RESULTS.md).
+DEFAULT_LR = {"prune": 2e-4, "prune-structured": 1e-3, "qat": 1e-3, "ptq": 0.0}
+OPTIMIZER = {"prune": "adamw", "prune-structured": "adamw", "qat": "sgd", "ptq": "adamw"}
 INT8_METHODS = ("ptq", "qat")
 
 
@@ -76,10 +82,13 @@ def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, norm: Normaliza
 
 def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, cfg: TrainConfig, *, epochs: int,
              lr: float, max_train: int | None = None, seed: int = 0, device: str = "cpu",
-             bn_recalibration: bool = True) -> list[dict[str, Any]]:
-    """A short AdamW + cosine fine-tune with the run's augmentation, BatchNorm statistics re-estimated after
-    each epoch (``bn_recalibration``; off for QAT, whose BatchNorms are folded); keeps the state with the best
-    validation metric."""
+             bn_recalibration: bool = True, optimizer: str = "adamw",
+             keep_start: bool = False) -> list[dict[str, Any]]:
+    """A short AdamW (or SGD with momentum, ``optimizer="sgd"``) + cosine fine-tune with the run's augmentation,
+    BatchNorm statistics re-estimated after each epoch (``bn_recalibration``; off for QAT, whose BatchNorms are
+    folded); keeps the state with the best validation metric, counting the starting state with ``keep_start``
+    (QAT starts from the calibrated int8 model, which a fine-tune must beat). The kept entry of the returned
+    history has ``"kept": True`` (epoch -1: the start)."""
     if epochs <= 0:
         return []
     policy = augment_policy(cfg, data.modality)
@@ -89,9 +98,14 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
     batch = min(batch_size_for(cfg, task), len(train))
     steps = max(1, len(train) // batch) * epochs
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = (torch.optim.SGD(params, lr=lr, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
     history, best, best_state = [], -np.inf, None
+    if keep_start:
+        val = task.validate(model, data.val, norm, device=torch.device(device), batch_size=cfg.eval_batch_size)
+        history.append({"epoch": -1, **{f"val_{k}": v for k, v in val.items()}, "kept": True})
+        best, best_state = val[task.monitor], copy.deepcopy(model.state_dict())
     for epoch in range(epochs):
         gen = torch.Generator().manual_seed(seed * 7919 + epoch)
         tic = time.time()
@@ -105,6 +119,9 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
         score = val[task.monitor]
         if not np.isnan(score) and score > best:
             best, best_state = score, copy.deepcopy(model.state_dict())
+            for h in history:
+                h.pop("kept", None)
+            history[-1]["kept"] = True
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -141,11 +158,12 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     """Compress the best checkpoint of ``run_path`` with ``method``; returns the new run folder.
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
-    fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most; ``lr`` default by method,
-    :data:`DEFAULT_LR`). ``calibration_samples``
-    training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning fine-tunes of classifiers fit the
-    pruned model to the unpruned model's outputs (knowledge distillation, :mod:`meddx.deploy.distill`) instead
-    of the labels. ``data``: the run's data set already loaded (else loaded from the run's config/``data_spec``).
+    fine-tune epochs after pruning / for QAT (``max_train`` images per epoch at most; ``lr`` and optimiser by
+    method, :data:`DEFAULT_LR`, :data:`OPTIMIZER`). ``calibration_samples``
+    training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning and QAT fine-tunes of classifiers
+    fit the compressed model to the source model's outputs (knowledge distillation, :mod:`meddx.deploy.distill`)
+    instead of the labels; QAT keeps its calibrated start unless an epoch beats it on validation. ``data``: the
+    run's data set already loaded (else loaded from the run's config/``data_spec``).
     ``float_ends``: int8 keeps the stem and the classifier in float (:mod:`meddx.deploy.quantize`).
 
     Segmentation and detection runs take both pruning methods (int8 export folds classification
@@ -193,15 +211,15 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
                             "model": meta["model"], "before": before}
     history: list[dict[str, Any]] = []
     ft_task = task
-    if distill and method.startswith("prune") and epochs > 0 and classifier:
+    if distill and method != "ptq" and epochs > 0 and classifier:
         from meddx.deploy.distill import DistillationTask
 
-        ft_task = DistillationTask(task, load_model(ckpt)[0])  # the unpruned model as the teacher
+        ft_task = DistillationTask(task, load_model(ckpt)[0])  # the uncompressed model as the teacher
         info["distillation"] = {"teacher": str(ckpt), "alpha": ft_task.alpha, "temperature": ft_task.temperature}
     if method == "prune":
         prune.prune_unstructured(model, amount)
         history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
-                           bn_recalibration=classifier)
+                           bn_recalibration=classifier, optimizer=OPTIMIZER[method])
         prune.make_permanent(model)
         info["options"] = {"amount": amount, "scope": "global L1 over Conv/Linear weights"}
     elif method == "prune-structured":
@@ -209,7 +227,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
         info["structure"] = prune.prune_structured(model, meta["model"], amount, example,
                                                    get_model_spec(meta["model"]).head)
         history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
-                           bn_recalibration=classifier)
+                           bn_recalibration=classifier, optimizer=OPTIMIZER[method])
         info["options"] = {"ratio": amount, "importance": "group L2 magnitude (torch-pruning)"}
     elif method == "qat":
         handles = quantize.prepare_qat(model, float_ends=float_ends)
@@ -218,13 +236,14 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
             for batch in quantize.calibration_batches(data.train.images, calibration_samples, seed=seed):
                 model(norm(torch.from_numpy(batch)))
         quantize.enable_act_quant(handles)
-        history = finetune(model, data, task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
-                           bn_recalibration=False)
+        history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
+                           bn_recalibration=False, optimizer=OPTIMIZER[method], keep_start=True)
         quantize.finish_qat(model, handles)
         info["options"] = {"fake_quant": "int8 symmetric per-channel weights, uint8 per-tensor Conv/Linear inputs",
                            "batchnorm": "folded before QAT"}
     if method != "ptq":
-        info["finetune"] = {"epochs": epochs, "lr": lr, "max_train": max_train, "history": history}
+        info["finetune"] = {"epochs": epochs, "lr": lr, "optimizer": OPTIMIZER[method], "max_train": max_train,
+                            "history": history}
 
     comp_meta = meta | {"compression": {"method": method, "amount": amount if method.startswith("prune") else None,
                                         "source": str(ckpt)}}

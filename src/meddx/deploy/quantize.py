@@ -16,10 +16,11 @@ right at the decision. Both layers are a small share of the compute (a 1- or 3-c
 matrix). Measured on the six benchmark ResNet-18s (benchmarks/RESULTS.md): test mean |p - p_fp32| lower on all
 six, validation on five.
 
-QAT here mirrors exactly that scheme: BatchNorm is folded into the convolutions first (as the ONNX exporter
-does), weights are fake-quantized per output channel (symmetric int8, max-abs, as ORT) and the inputs of every
-Conv/Linear per tensor (asymmetric uint8, ranges from calibration then a moving average), with the
-straight-through estimator of ``torch.fake_quantize_*``; after a short fine-tune the fake quantizers are removed
+QAT here mirrors that scheme: BatchNorm is folded into the convolutions first (as the ONNX exporter does),
+weights are fake-quantized per output channel (symmetric int8, max-abs, as ORT) and the inputs of every
+Conv/Linear per tensor (asymmetric uint8, ranges fixed by calibration on the same images ORT calibrates on),
+with the straight-through estimator of ``torch.fake_quantize_*``; after a short fine-tune (by default
+distilling the fp32 model with SGD, :func:`meddx.deploy.compress.compress_run`) the fake quantizers are removed
 and the fp32 weights go through the same ORT static quantization as PTQ.
 """
 
@@ -174,25 +175,25 @@ class WeightFakeQuant(nn.Module):
 
 
 class ActFakeQuant:
-    """Forward pre-hook: asymmetric uint8 per-tensor fake quantization of a layer's input (moving min/max)."""
+    """Forward pre-hook: asymmetric uint8 per-tensor fake quantization of a layer's input.
 
-    def __init__(self, momentum: float = 0.01) -> None:
+    Observes the global min/max until enabled (calibration), then keeps that range fixed, as the int8 model
+    will (a moving range following augmented training batches is a range ORT never uses)."""
+
+    def __init__(self) -> None:
         self.lo: float | None = None
         self.hi: float | None = None
-        self.momentum = momentum
         self.enabled = False  # observe only (calibration) until enabled
 
     def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = args[0]
-        lo, hi = float(x.detach().min()), float(x.detach().max())
-        if self.lo is None or not self.enabled:
+        if not self.enabled:
+            lo, hi = float(x.detach().min()), float(x.detach().max())
             self.lo = lo if self.lo is None else min(self.lo, lo)
             self.hi = hi if self.hi is None else max(self.hi, hi)
-        elif module.training:
-            self.lo += self.momentum * (lo - self.lo)
-            self.hi += self.momentum * (hi - self.hi)
-        if not self.enabled:
             return args
+        if self.lo is None or self.hi is None:
+            raise MeddxError("int8 fake quantization enabled before calibration")
         lo_, hi_ = min(self.lo, 0.0), max(self.hi, 0.0)  # the range must contain zero (ORT does the same)
         scale = max(hi_ - lo_, 1e-8) / 255.0
         zero = int(round(-lo_ / scale))
