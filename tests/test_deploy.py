@@ -199,6 +199,19 @@ def test_compress_cli_writes_new_run(trained_run, tmp_path, method, extra):
         assert [h["epoch"] for h in history] == [-1, 0] and sum(bool(h.get("kept")) for h in history) == 1
 
 
+def test_default_fine_tune_length_counts_optimiser_steps():
+    from meddx.deploy.compress import default_epochs
+
+    # the benchmark's data sets: PneumoniaMNIST 4,708 training images -> 36 steps of 128 -> 6 epochs;
+    # BreastMNIST 546 -> 4 steps -> capped at 50 epochs; a large set needs one epoch
+    assert default_epochs("prune-structured", 4708, 128) == 6
+    assert default_epochs("prune-structured", 546, 128) == 50
+    assert default_epochs("prune-structured", 100_000, 128) == 1
+    assert default_epochs("prune-structured", 10, 128) == 50  # fewer images than one batch: one step per epoch
+    assert default_epochs("prune", 4708, 128) == default_epochs("qat", 4708, 128) == 1
+    assert default_epochs("ptq", 4708, 128) == 0
+
+
 def test_qat_keeps_its_calibrated_start_when_the_fine_tune_only_hurts(trained_run, tmp_path):
     """A learning rate that wrecks the weights: QAT must hand back its starting point (the calibrated int8
     model, i.e. what PTQ gives), not the wrecked state."""

@@ -42,9 +42,9 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="run folder (its best checkpoint is compressed)"),
         method: str = typer.Option(..., help="prune | prune-structured | ptq | qat"),
         amount: float = typer.Option(0.5, help="fraction of weights (prune) or channels (prune-structured) removed"),
-        epochs: int = typer.Option(1, help="fine-tune epochs after pruning / of QAT (0: none); structured pruning "
-                                           "needs a longer one: the MedMNIST benchmark uses 100-200 optimiser steps "
-                                           "(BreastMNIST 30 epochs, PneumoniaMNIST 6)"),
+        epochs: int | None = typer.Option(None, help="fine-tune epochs after pruning / of QAT (0: none); default 1, "
+                                                   "structured pruning enough epochs for about 200 optimiser steps "
+                                                   "(at most 50), as the MedMNIST benchmark found it needs"),
         lr: float | None = typer.Option(None, help="fine-tune learning rate (cosine; AdamW for pruning, SGD with "
                                                    "momentum for QAT); default by method"),
         max_train: int | None = typer.Option(None, help="at most this many training images per fine-tune epoch"),
