@@ -30,6 +30,7 @@ from meddx.errors import MeddxError
 from meddx.tasks import task_from_meta
 
 METHODS = ("prune", "prune-structured", "ptq", "qat")
+INT8_METHODS = ("ptq", "qat")
 # Fine-tune learning rates: AdamW for pruning (a heavily pruned net needs more recovery); SGD with momentum for
 # QAT, which only nudges weights towards the fp32 model's outputs. Adam moves every weight by about lr per step
 # whatever its gradient (its first step is lr * sign(g)); on the int8 grid that drift outweighed the fit: AdamW
@@ -53,7 +54,6 @@ def default_epochs(method: str, n_train: int, batch_size: int) -> int:
         return 1
     steps_per_epoch = max(1, n_train // max(1, min(batch_size, n_train)))
     return max(1, min(MAX_DEFAULT_EPOCHS, -(-STRUCTURED_STEPS // steps_per_epoch)))
-INT8_METHODS = ("ptq", "qat")
 
 
 def _load_run_data(cfg: TrainConfig, data_spec: str | None, why: str | None) -> Any:
@@ -174,8 +174,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
 
     ``amount``: fraction of weights (prune) or of channels per layer (prune-structured) removed. ``epochs``:
     fine-tune epochs after pruning / for QAT (default :func:`default_epochs`; ``max_train`` images per epoch at
-    most; ``lr`` and optimiser by
-    method, :data:`DEFAULT_LR`, :data:`OPTIMIZER`). ``calibration_samples``
+    most; ``lr`` and optimiser by method, :data:`DEFAULT_LR`, :data:`OPTIMIZER`). ``calibration_samples``
     training images calibrate the int8 ranges (ptq, qat). ``distill``: pruning and QAT fine-tunes of classifiers
     fit the compressed model to the source model's outputs (knowledge distillation, :mod:`meddx.deploy.distill`)
     instead of the labels; QAT keeps its calibrated start unless an epoch beats it on validation. ``data``: the
@@ -258,7 +257,8 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
         history = finetune(model, data, ft_task, norm, cfg, epochs=epochs, lr=lr, max_train=max_train, seed=seed,
                            bn_recalibration=False, optimizer=OPTIMIZER[method], keep_start=True)
         quantize.finish_qat(model, handles)
-        info["options"] = {"fake_quant": "int8 symmetric per-channel weights, uint8 per-tensor Conv/Linear inputs",
+        info["options"] = {"fake_quant": "int8 symmetric per-channel weights, uint8 per-tensor Conv/Linear inputs"
+                                         + (" (not the stem and the classifier)" if float_ends else ""),
                            "batchnorm": "folded before QAT"}
     if method != "ptq":
         info["finetune"] = {"epochs": epochs, "lr": lr, "optimizer": OPTIMIZER[method], "max_train": max_train,
