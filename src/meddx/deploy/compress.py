@@ -36,13 +36,18 @@ INT8_METHODS = ("ptq", "qat")
 # whatever its gradient (its first step is lr * sign(g)); on the int8 grid that drift outweighed the fit: AdamW
 # at 1e-7 already changed the BreastMNIST int8 outputs, at 2e-5 it took the validation mean |p - p_fp32| from
 # 0.002 to 0.044. Distillation with SGD at 1e-3 lowered it below PTQ's on all six benchmark models (3e-3
-# diverged on two; benchmarks/RESULTS.md).
+# drifted away on two; benchmarks/RESULTS.md).
 DEFAULT_LR = {"prune": 2e-4, "prune-structured": 1e-3, "qat": 1e-3, "ptq": 0.0}
 OPTIMIZER = {"prune": "adamw", "prune-structured": "adamw", "qat": "sgd", "ptq": "adamw"}
 # Structured pruning removes whole channels and needs a real fine-tune: on the MedMNIST benchmark the lengths
 # chosen on validation fidelity were 120 (BreastMNIST, 30 epochs of 4 steps) and 216 optimiser steps
 # (PneumoniaMNIST, 6 epochs of 36). Counting steps rather than epochs carries to data sets of other sizes.
 STRUCTURED_STEPS, MAX_DEFAULT_EPOCHS = 200, 50
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps in one fine-tune epoch (full batches, at least one; a batch never exceeds the images)."""
+    return max(1, n_train // max(1, min(batch_size, n_train)))
 
 
 def default_epochs(method: str, n_train: int, batch_size: int) -> int:
@@ -52,8 +57,7 @@ def default_epochs(method: str, n_train: int, batch_size: int) -> int:
         return 0
     if method != "prune-structured":
         return 1
-    steps_per_epoch = max(1, n_train // max(1, min(batch_size, n_train)))
-    return max(1, min(MAX_DEFAULT_EPOCHS, -(-STRUCTURED_STEPS // steps_per_epoch)))
+    return max(1, min(MAX_DEFAULT_EPOCHS, -(-STRUCTURED_STEPS // steps_per_epoch(n_train, batch_size))))
 
 
 def _load_run_data(cfg: TrainConfig, data_spec: str | None, why: str | None) -> Any:
@@ -111,16 +115,16 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
     if max_train and max_train < len(train):
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_train])
     batch = min(batch_size_for(cfg, task), len(train))
-    steps = max(1, len(train) // batch) * epochs
+    steps = steps_per_epoch(len(train), batch) * epochs
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.SGD(params, lr=lr, momentum=0.9) if optimizer == "sgd"
            else torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
-    history, best, best_state = [], -np.inf, None
+    history, best, best_state, kept = [], -np.inf, None, None
     if keep_start:
         val = task.validate(model, data.val, norm, device=torch.device(device), batch_size=cfg.eval_batch_size)
-        history.append({"epoch": -1, **{f"val_{k}": v for k, v in val.items()}, "kept": True})
-        best, best_state = val[task.monitor], copy.deepcopy(model.state_dict())
+        history.append({"epoch": -1, **{f"val_{k}": v for k, v in val.items()}})
+        best, best_state, kept = val[task.monitor], copy.deepcopy(model.state_dict()), 0
     for epoch in range(epochs):
         gen = torch.Generator().manual_seed(seed * 7919 + epoch)
         tic = time.time()
@@ -133,12 +137,10 @@ def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, 
                         "seconds": round(time.time() - tic, 2)})
         score = val[task.monitor]
         if not np.isnan(score) and score > best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
-            for h in history:
-                h.pop("kept", None)
-            history[-1]["kept"] = True
+            best, best_state, kept = score, copy.deepcopy(model.state_dict()), len(history) - 1
     if best_state is not None:
         model.load_state_dict(best_state)
+        history[kept]["kept"] = True
     model.eval()
     return history
 
