@@ -51,7 +51,7 @@ class DistillationTask:
     def validate(self, model: nn.Module, split: Any, normalize: Any, *, device: torch.device, batch_size: int,
                  amp: bool = False) -> dict[str, float]:
         """The task's validation metrics plus ``fidelity`` to the teacher's probabilities."""
-        from meddx.engine.loop import predict
+        from meddx.models.inference import predict
 
         y_score, loss = predict(model, split.images, self.task, normalize, batch_size=batch_size, device=device,
                                 amp=amp, labels=split.labels)

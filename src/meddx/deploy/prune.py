@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from meddx.errors import MeddxError
+from meddx.models.pruned_shapes import apply_pruned_shapes  # noqa: F401  (re-exported for callers)
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "num_channels", "num_groups", "in_features",
@@ -118,25 +119,3 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
                    if v is not None}
         shapes[name] = {"attrs": attrs, "tensors": tensors}
     return shapes
-
-
-def apply_pruned_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Module:
-    """Resize the layers of a freshly built model to the shapes recorded by :func:`pruned_shapes` (values are
-    then filled by ``load_state_dict``)."""
-    for name, spec in shapes.items():
-        try:
-            m = model.get_submodule(name) if name else model
-        except AttributeError:
-            raise MeddxError(f"pruned checkpoint names a layer {name!r} the model does not have") from None
-        for attr, value in spec["attrs"].items():
-            setattr(m, attr, value)
-        for key, shape in spec["tensors"].items():
-            old = getattr(m, key, None)
-            if old is None or list(old.shape) == shape:
-                continue
-            new = torch.empty(shape, dtype=old.dtype)
-            if isinstance(old, nn.Parameter):
-                setattr(m, key, nn.Parameter(new, requires_grad=old.requires_grad))
-            else:
-                m.register_buffer(key, new)
-    return model

@@ -1,13 +1,11 @@
-"""Checkpoints as safetensors: weights, optimiser state and metadata in one atomically written file.
+"""``load_model``: a checkpoint file -> the registered network with its weights, ready for inference.
 
-Metadata (model name, classes, input size, normalisation, task, epoch, ...) travels as JSON in the
-safetensors header, like torchvision keeps preprocessing beside its weights. Optimiser/scheduler
-state is flattened into tensors + JSON so that resuming never needs pickle.
+The file format itself (safetensors + JSON metadata, format versions) lives in :mod:`meddx.utils.checkpoints`,
+below the model registry, so that ``meddx.models`` (transfer learning) can read checkpoints too.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,84 +13,25 @@ import torch
 import torch.nn as nn
 
 from meddx.errors import MeddxError
-from meddx.utils.io import atomic_path
+from meddx.models import create_model
+from meddx.models.pruned_shapes import apply_pruned_shapes
+from meddx.utils.checkpoints import (
+    META_KEY,
+    model_state,
+    read_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
 
-META_KEY = "meddx"
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None, extra_state: dict[str, Any] | None = None,
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` weights (+ optimiser state, extra tensors) and ``meta`` to ``path`` atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
-    state_json: dict[str, Any] = {"extra": extra_state or {}}
-    if optimizer is not None:
-        opt = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for pid, pstate in opt["state"].items():
-            for k, v in pstate.items():
-                if torch.is_tensor(v):
-                    tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    scalars.setdefault(str(pid), {})[k] = v
-        state_json["optim"] = {"param_groups": opt["param_groups"], "scalars": scalars}
-    metadata = {META_KEY: json.dumps(meta), "state": json.dumps(state_json)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return Path(path)
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Return (all tensors, meta, state JSON); a clear error for a missing, corrupt or foreign file."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise MeddxError("checkpoint not found", path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MeddxError(f"not a readable safetensors checkpoint ({exc})", path) from None
-    if META_KEY not in header:
-        raise MeddxError("safetensors file has no meddx metadata (not a meddx checkpoint)", path)
-    return tensors, json.loads(header[META_KEY]), json.loads(header.get("state", "{}"))
-
-
-def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                      state: dict[str, Any]) -> None:
-    """Rebuild an optimiser state dict from the flattened form written by :func:`save_checkpoint`."""
-    opt = state.get("optim")
-    if not opt:
-        return
-    per_param: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            per_param.setdefault(int(pid), {})[name] = v
-    for pid, scal in opt["scalars"].items():
-        per_param.setdefault(int(pid), {}).update(scal)
-    optimizer.load_state_dict({"state": per_param, "param_groups": opt["param_groups"]})
+__all__ = ["META_KEY", "load_model", "model_state", "read_checkpoint", "restore_optimizer", "save_checkpoint"]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the registered model described by a checkpoint's metadata and load its weights."""
-    from meddx.models import create_model
-
     tensors, meta, _ = read_checkpoint(path)
     model = create_model(meta["model"], meta["in_channels"], meta["num_outputs"], meta["input_size"],
                          meta.get("spatial_dims", 2))
     if meta.get("pruned_shapes"):  # structurally pruned (meddx compress): resize the layers first
-        from meddx.deploy.prune import apply_pruned_shapes
-
         apply_pruned_shapes(model, meta["pruned_shapes"])
     try:
         model.load_state_dict(model_state(tensors))

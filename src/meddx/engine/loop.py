@@ -8,32 +8,17 @@ loss (``task.training_loss(model, x, y)``), so classification, segmentation and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from meddx.data.augment import AugmentPolicy, Normalization
 from meddx.data.dataset import Split
+from meddx.models.inference import autocast_for, batches, predict
 from meddx.tasks import Task
 
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Shuffled index batches (sequential when ``generator`` is None)."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for i in range(0, stop, batch_size):
-        yield order[i:i + batch_size]
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+__all__ = ["autocast_for", "batches", "predict", "train_one_epoch"]
 
 
 def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch.optim.Optimizer,
@@ -62,22 +47,3 @@ def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch
         if on_step is not None:
             on_step(step, value)
     return {"train_loss": total / max(count, 1)}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, task: Task, normalize: Normalization, *,
-            batch_size: int = 512, device: torch.device | str = "cpu", amp: bool = False,
-            labels: torch.Tensor | None = None) -> tuple[np.ndarray, float | None]:
-    """Probabilities for ``images`` (and the mean loss when ``labels`` are given)."""
-    device = torch.device(device)
-    model.eval()
-    probs, total = [], 0.0
-    for idx in batches(len(images), batch_size):
-        x = normalize(images[idx].to(device))
-        with autocast_for(device, amp):
-            out = model(x).float()
-        if labels is not None:
-            total += float(task.loss(out, labels[idx].to(device))) * len(idx)
-        probs.append(task.probabilities(out).cpu())
-    y_score = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
-    return y_score, (total / max(len(images), 1) if labels is not None else None)

@@ -15,7 +15,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     ``.pt`` files are read with ``torch.load(weights_only=True)``: no pickled code is ever run.
     """
-    from meddx.engine.checkpoint import META_KEY, model_state, read_checkpoint
+    from meddx.utils.checkpoints import META_KEY, model_state, read_checkpoint
 
     path = Path(path)
     if path.is_dir():

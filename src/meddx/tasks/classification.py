@@ -64,7 +64,7 @@ class ClassificationTask:
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]:
         """Validation loss, AUC and ACC (the monitored metric is AUC)."""
-        from meddx.engine.loop import predict
+        from meddx.models.inference import predict
 
         y_score, loss = predict(model, split.images, self, normalize, batch_size=batch_size, device=device, amp=amp,
                                 labels=split.labels)

@@ -151,7 +151,7 @@ class SegmentationTask:
         """
         from monai.inferers import sliding_window_inference
 
-        from meddx.engine.loop import autocast_for
+        from meddx.models.inference import autocast_for
         from meddx.tasks.base import axis_flips
 
         device = torch.device(device)
