@@ -150,7 +150,10 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
     p_onnx = json.loads(onnx_fp32.output)[0]["probabilities"]
     p_torch = json.loads(torch_out.output)[0]["probabilities"]
     assert all(abs(p_onnx[k] - p_torch[k]) < 1e-4 for k in p_torch)
-    r = invoke("predict", trained_run, img, "--runtime", "onnx", "--json")  # run folder: picks model_int8.onnx
+    r = invoke("predict", trained_run, img, "--runtime", "onnx", "--json")  # run folder: its model.onnx, as named
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)[0]["probabilities"] == p_onnx
+    r = invoke("predict", trained_run, img, "--runtime", "int8", "--json")  # run folder: its model_int8.onnx
     assert r.exit_code == 0, r.output
     p_int8 = json.loads(r.output)[0]["probabilities"]
     assert p_int8.keys() == p_torch.keys() and p_int8 != p_onnx  # the int8 model, not the fp32 one
@@ -234,7 +237,7 @@ def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
     r = invoke("compress", trained_run, "--method", "ptq", "--calibration-samples", "0")
     assert r.exit_code == 2 and "needs calibration images" in r.output
     r = invoke("predict", tmp_path, tmp_path / "x.png", "--runtime", "tflite")
-    assert r.exit_code == 2 and "runtime must be torch or onnx" in r.output
+    assert r.exit_code == 2 and "runtime must be auto, torch, onnx, int8; got 'tflite'" in r.output
     r = invoke("export", tmp_path)
     assert r.exit_code == 2 and "not a meddx run folder" in r.output
     # an architecture structured pruning cannot handle: the run with its weights swapped for a ShuffleNetV2
@@ -246,7 +249,7 @@ def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
     r = invoke("compress", shuffle, "--method", "prune-structured")
     assert r.exit_code == 2 and "does not support model 'shufflenet_v2'" in r.output
     r = invoke("predict", shuffle, tmp_path / "x.png", "--runtime", "onnx")
-    assert r.exit_code == 2 and "run has no ONNX model" in r.output
+    assert r.exit_code == 2 and "run has no model.onnx for runtime onnx" in r.output
     # a run whose training data (the calibration set) is gone
     cfg = json.loads((shuffle / "config.json").read_text())
     cfg["data"] = str(tmp_path / "gone.npz")

@@ -353,12 +353,14 @@ def _context(model, model_name, n=40, k=3, size=28, seed=0):
 
 
 def test_report_section_shows_maps_and_never_breaks():
-    from meddx.engine.evaluate import REPORT_SECTIONS
     from meddx.explain.report_section import heatmap_section, pick_examples
+    from meddx.tasks.classification import ClassificationTask
 
-    assert "meddx.explain.report_section:heatmap_section" in REPORT_SECTIONS
     model = create_model("resnet18_slim", 1, 3, 28)
     section = heatmap_section(_context(model, "resnet18_slim"))
+    # the classification task puts this section into its report
+    sections = ClassificationTask("multi-class", 3).report_sections(_context(model, "resnet18_slim"))
+    assert [s.html for s in sections] == [section.html]
     assert "data:image/png;base64," in section.html and "c2" in section.html
     assert f"<code>{get_model_spec('resnet18_slim').target_layer}</code>" in section.html
     assert hook_count(model) == 0

@@ -99,13 +99,7 @@ def _evaluate_and_print(run_path: Path, split: str = "test", n_bootstrap: int = 
 
     m = evaluate_run(run_path, split=split, n_bootstrap=n_bootstrap)
     console = _console()
-    if "headline" in m:  # segmentation/detection metrics describe themselves in one line
-        console.print(f"{split}: {m['headline']}")
-        console.print(f"report: {Path(run_path) / 'report.html'}")
-        return m
-    acc_ci, auc_ci = m.get("acc_ci") or [float("nan")] * 2, m.get("auc_ci") or [float("nan")] * 2
-    console.print(f"{split}: ACC {m['acc']:.4f} (95% CI {acc_ci[0]:.3f}-{acc_ci[1]:.3f})  "
-                  f"AUC {m['auc']:.4f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})  n={m.get('n')}")
+    console.print(f"{split}: {m['headline']}")
     console.print(f"report: {Path(run_path) / 'report.html'}")
     return m
 
@@ -128,16 +122,20 @@ def predict(
     images: list[Path] = typer.Argument(..., help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     device: str = typer.Option("auto"),
-    runtime: str = typer.Option("torch", help="torch | onnx (ONNX Runtime on the run's exported model.onnx)"),
+    runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
+                                "for a ptq/qat-compressed run, else torch; onnx is the run's model.onnx"),
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.engine.predict import Predictor
 
-    results = Predictor(run, device=device, runtime=runtime).predict_files(list(images), out_dir=out)
+    predictor = Predictor(run, device=device, runtime=runtime)
+    results = predictor.predict_files(list(images), out_dir=out)
+    used = {"runtime": predictor.runtime.label, "model_files": [str(f) for f in predictor.files]}
     if as_json or "probabilities" not in results[0]:
-        typer.echo(json.dumps(results, indent=2))
+        typer.echo(json.dumps([r | used for r in results], indent=2))
         return
+    typer.echo(f"runtime: {used['runtime']} ({', '.join(used['model_files'])})")
     from rich.table import Table
 
     first = results[0]["probabilities"]

@@ -24,10 +24,11 @@ from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.engine.checkpoint import load_model, save_checkpoint
 from meddx.engine.config import TrainConfig, augment_policy, batch_size_for
 from meddx.engine.evaluate import evaluate_run
-from meddx.engine.loop import predict, train_one_epoch
+from meddx.engine.loop import train_one_epoch
 from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
-from meddx.tasks import task_from_meta
+from meddx.models.inference import predict
+from meddx.tasks import EvalRequest, task_from_meta
 
 METHODS = ("prune", "prune-structured", "ptq", "qat")
 INT8_METHODS = ("ptq", "qat")
@@ -149,13 +150,13 @@ def headline_metrics(model: torch.nn.Module, task: Any, data: Any, norm: Normali
                      cfg: TrainConfig) -> dict[str, float]:
     """Test-set headline metrics of a model, no bootstrap, no files: classification ACC and AUC; otherwise the
     task's monitored metric (Dice, mAP@0.5, CPM) from its own test scoring (``task.evaluate``)."""
-    if hasattr(task, "evaluate"):
-        metrics, _ = task.evaluate(model, data.test, norm, device=torch.device("cpu"), batch_size=cfg.eval_batch_size,
-                                   class_names=data.class_names, n_bootstrap=0,
-                                   split_extra=data.extra.get("test") or {})
-        return {task.monitor: float(metrics[task.monitor])}
-    y_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
-    return task.quick_metrics(data.test.labels.numpy(), y_score)
+    if task.is_classifier:
+        y_score, _ = predict(model, data.test.images, task, norm, batch_size=cfg.eval_batch_size)
+        return task.quick_metrics(data.test.labels.numpy(), y_score)
+    request = EvalRequest(split=data.test, normalize=norm, class_names=data.class_names,
+                          batch_size=cfg.eval_batch_size, n_bootstrap=0, split_extra=data.extra.get("test") or {})
+    metrics, _ = task.evaluate(model, request)
+    return {task.monitor: float(metrics[task.monitor])}
 
 
 def _new_run(src: RunDir, out: str | Path | None, name: str | None, method: str) -> RunDir:
@@ -222,7 +223,7 @@ def compress_run(run_path: str | Path, method: str, *, amount: float = 0.5, epoc
     source = headline_metrics(model, task, data, norm, cfg)
     # segmentation/detection (tasks with their own `evaluate`) train on patches: their whole images (volumes)
     # are no BatchNorm batches, and distillation matches class probabilities
-    classifier = not hasattr(task, "evaluate")
+    classifier = task.is_classifier
     # weights only: a ``last`` checkpoint also holds the optimiser state
     before = count_parameters(model) | {"channels": prune.channel_count(model), "file_mb": weights_mb(ckpt)}
 

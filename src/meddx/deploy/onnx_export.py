@@ -18,10 +18,19 @@ import torch.nn as nn
 
 from meddx.data.augment import Normalization
 from meddx.errors import MeddxError
+from meddx.models.onnx_io import (  # noqa: F401  (re-exported: the ONNX file and session helpers)
+    META_KEY,
+    ONNX_NAMES,
+    OnnxPredictor,
+    find_onnx,
+    ort_run,
+    ort_session,
+    read_meta,
+    set_meta,
+)
 from meddx.utils.io import atomic_path
 
 OPSET = 17
-META_KEY = "meddx"
 
 
 class DeployWrapper(nn.Module):
@@ -82,53 +91,6 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset:
     return path
 
 
-def set_meta(proto: Any, meta: dict[str, Any]) -> None:
-    """Store the meddx metadata in an ONNX model's ``metadata_props``."""
-    for p in list(proto.metadata_props):
-        if p.key == META_KEY:
-            proto.metadata_props.remove(p)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises several protobuf/decoding errors
-        raise MeddxError(f"not a readable ONNX model ({exc})", path) from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if META_KEY not in props:
-        raise MeddxError("ONNX model has no meddx metadata (not exported by meddx)", path)
-    return json.loads(props[META_KEY])
-
-
-def ort_session(path: str | Path, threads: int | None = None, optimized_path: str | Path | None = None):
-    """An ONNX Runtime CPU session (``threads`` intra-op threads, full graph optimisation)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if optimized_path is not None:
-        opts.optimized_model_filepath = str(optimized_path)
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        raise MeddxError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})", path) from None
-
-
-def ort_run(session: Any, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Probabilities for a raw batch through an ORT session, in chunks of ``batch_size``."""
-    x = images.numpy() if torch.is_tensor(images) else np.asarray(images)
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
 def verify_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, images: torch.Tensor | None = None,
                 tol: float | None = 1e-4) -> float:
     """Max abs difference of ORT vs PyTorch probabilities on ``images``; raise if above ``tol``."""
@@ -139,35 +101,3 @@ def verify_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, images
     if tol is not None and diff > tol:
         raise MeddxError(f"ONNX outputs differ from PyTorch by {diff:.2e} (> {tol:.0e})", path)
     return diff
-
-
-class OnnxPredictor:
-    """A meddx ONNX model in ONNX Runtime: ``predict(raw_images) -> probabilities``; metadata from the file."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        self.path = find_onnx(path)
-        self.meta = read_meta(self.path)
-        self.session = ort_session(self.path, threads)
-
-    def predict(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = images.numpy() if torch.is_tensor(images) else np.asarray(images)
-        want = np.uint8 if self.meta.get("input_dtype", "uint8") == "uint8" else np.float32
-        return ort_run(self.session, x.astype(want, copy=False))
-
-
-ONNX_NAMES = ("model_int8.onnx", "model.onnx")
-
-
-def find_onnx(path: str | Path) -> Path:
-    """``path`` itself if it is a file, else the run folder's int8 model, else its fp32 model."""
-    p = Path(path)
-    if p.is_file() and p.suffix == ".safetensors":
-        p = p.parent
-    if p.is_dir():
-        for name in ONNX_NAMES:
-            if (p / name).is_file():
-                return p / name
-        raise MeddxError("run has no ONNX model (create one with `meddx export RUN`)", p)
-    if not p.is_file():
-        raise MeddxError("ONNX model not found", p)
-    return p

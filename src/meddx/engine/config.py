@@ -12,7 +12,6 @@ from meddx.errors import MeddxError
 if TYPE_CHECKING:
     from meddx.data.augment import AugmentPolicy
 
-DEFAULT_BATCH_SIZE = 128  # classification; tasks with large inputs declare their own ``default_batch_size``
 
 
 @dataclass
@@ -95,8 +94,8 @@ def auto_epochs(n_train: int, budget_samples: int = 300_000, lo: int = 15, hi: i
 
 
 def batch_size_for(cfg: TrainConfig, task: Any) -> int:
-    """The configured batch size, or the task's default (small for volumes), or :data:`DEFAULT_BATCH_SIZE`."""
-    return cfg.batch_size or getattr(task, "default_batch_size", DEFAULT_BATCH_SIZE)
+    """The configured batch size, or the task's default (``task.default_batch_size``: small for volumes)."""
+    return cfg.batch_size or task.default_batch_size
 
 
 def augment_policy(cfg: TrainConfig, modality: str) -> AugmentPolicy | None:

@@ -86,7 +86,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     task = task_for_training(cfg, data)
-    if cfg.model == DEFAULT_MODEL and getattr(task, "default_model", None):  # e.g. detection: a detector
+    if cfg.model == DEFAULT_MODEL and task.default_model:  # e.g. detection: a detector
         cfg.model = task.default_model
     cfg.batch_size = batch_size_for(cfg, task)  # stored resolved in config.json, so a resume uses the same number
     norm = Normalization.fit(data.train.images)

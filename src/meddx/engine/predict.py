@@ -1,4 +1,8 @@
-"""``Predictor``: a trained run applied to image files (PNG/JPEG/``.npy``), preprocessing from its checkpoint."""
+"""``Predictor``: a trained run applied to image files, preprocessing from its checkpoint, through a runtime.
+
+The task turns files into results (``task.predict_files``: class probabilities, mask files, boxes); the
+runtime (:mod:`meddx.runtimes`: ``torch``, ``onnx``, ``int8``) executes the network on raw images.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +12,44 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddx.data.augment import Normalization
 from meddx.data.images import read_image, resize_to
-from meddx.engine.checkpoint import load_model
-from meddx.engine.loop import predict
-from meddx.engine.run import RunDir
 from meddx.errors import MeddxError
+from meddx.runtimes import open_runtime
 from meddx.tasks import task_from_meta
-from meddx.utils.runtime import pick_device
 
 
 class Predictor:
-    """Loads a checkpoint once; ``predict_files`` returns one dict per image."""
+    """Loads a run once; ``predict_files`` returns one dict per image.
+
+    ``runtime``: ``torch``, ``onnx`` (the run's ``model.onnx``), ``int8`` (its ``model_int8.onnx``) or ``auto``
+    (int8 for a ptq/qat-compressed run, else torch). ``files`` lists the model files in use.
+    """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
-        path = Path(checkpoint)
-        self.onnx = None
-        if runtime not in ("torch", "onnx"):
-            raise MeddxError(f"runtime must be torch or onnx, got {runtime!r}")
-        if runtime == "onnx":  # ONNX Runtime on CPU; preprocessing is inside the exported graph
-            from meddx.deploy.onnx_export import OnnxPredictor
-
-            self.onnx = OnnxPredictor(path)
-            self.meta, self.classes = self.onnx.meta, self.onnx.meta["classes"]
-            return
-        if path.is_dir():
-            path = RunDir.open(path).model_checkpoint()
-        self.device = pick_device(device)
-        self.model, self.meta = load_model(path, self.device)
-        self.task = task_from_meta(self.meta)
-        self.norm = Normalization(**self.meta["normalization"])
+        source = Path(checkpoint)
+        if runtime == "auto" and source.suffix != ".onnx":
+            meta = open_runtime("torch", source, device=device).meta
+            self.runtime = open_runtime("auto", source, device=device, meta=meta)
+        else:
+            self.runtime = open_runtime(runtime, source, device=device)
+        self.meta: dict[str, Any] = self.runtime.meta
         self.classes: list[str] = self.meta["classes"]
+        self.task = task_from_meta(self.meta)
+        if self.runtime.name != "torch" and not self.task.is_classifier:
+            raise MeddxError(f"runtime {self.runtime.name} serves classification runs; this is a "
+                             f"{self.task.name} run (use --runtime torch)", source)
+
+    # the PyTorch pieces that tasks with their own inference (sliding windows, boxes) and explanations use
+    model = property(lambda self: self._torch().model)
+    norm = property(lambda self: self._torch().norm)
+    device = property(lambda self: getattr(self.runtime, "device", torch.device("cpu")))
+    files = property(lambda self: self.runtime.files)
+
+    def _torch(self) -> Any:
+        if self.runtime.name != "torch":
+            raise MeddxError(f"this needs the PyTorch model; runtime {self.runtime.name} has only "
+                             f"{self.runtime.files[0].name}")
+        return self.runtime
 
     def load_image(self, path: str | Path) -> torch.Tensor:
         """Read and resize one file to the checkpoint's input (channels, size, dtype range)."""
@@ -67,28 +78,9 @@ class Predictor:
         return img
 
     def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
-        if self.onnx is not None:
-            return self.onnx.predict(images)
-        y_score, _ = predict(self.model, images, self.task, self.norm, device=self.device)
-        return y_score
+        """Class probabilities for a batch of raw images (the checkpoint's stored dtype and range)."""
+        return self.runtime.predict(images)
 
     def predict_files(self, paths: list[str | Path], out_dir: str | Path | None = None) -> list[dict[str, Any]]:
         """One dict per file; tasks with file outputs (segmentation masks) write them to ``out_dir``."""
-        if self.onnx is None and hasattr(self.task, "predict_files"):
-            return self.task.predict_files(self, paths, out_dir)
-        if not paths:
-            raise MeddxError("no image files given")
-        images = torch.stack([self.load_image(p) for p in paths])
-        probs = self.predict_tensor(images)
-        return [self.describe(str(p), row) for p, row in zip(paths, probs)]
-
-    def describe(self, name: str, probs: np.ndarray) -> dict[str, Any]:
-        from meddx.tasks.classification import MULTI_LABEL
-
-        out: dict[str, Any] = {"file": name, "probabilities": {c: float(v) for c, v in zip(self.classes, probs)}}
-        if self.meta["task_kind"] == MULTI_LABEL:
-            out["labels"] = [c for c, v in zip(self.classes, probs) if v > 0.5]
-        else:
-            k = int(np.argmax(probs))
-            out["label"], out["probability"] = self.classes[k], float(probs[k])
-        return out
+        return self.task.predict_files(self, paths, out_dir)

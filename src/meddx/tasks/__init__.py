@@ -3,6 +3,6 @@
 ``get_task(name)`` returns a task object; the engine's loop is the same for all of them.
 """
 
-from meddx.tasks.base import Task, get_task, task_for_training, task_from_meta
+from meddx.tasks.base import EvalRequest, Task, get_task, task_for_training, task_from_meta
 
-__all__ = ["Task", "get_task", "task_for_training", "task_from_meta"]
+__all__ = ["EvalRequest", "Task", "get_task", "task_for_training", "task_from_meta"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -14,17 +15,53 @@ from meddx.data.dataset import Split
 from meddx.errors import MeddxError
 
 
-class Task(Protocol):
-    """What the engine needs from a task; one small file per task implements it.
+@dataclass
+class EvalRequest:
+    """What a task's ``evaluate`` scores and where it writes: one split, its preprocessing and the run's outputs.
 
+    ``runtime`` (optional) is the runtime that scores raw images (``meddx.runtimes``); tasks that need the
+    network itself (sliding windows, box decoding) use ``model`` and ignore it.
+    """
+
+    split: Split
+    normalize: Normalization
+    class_names: list[str]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 512
+    n_bootstrap: int = 1000
+    out_dir: Path | None = None
+    split_name: str = "test"
+    split_extra: dict[str, Any] = field(default_factory=dict)
+    runtime: Any = None
+
+
+class Task(Protocol):
+    """What the engine needs from a task; one small file per task implements all of it (no optional methods).
+
+    Building: ``from_config(cfg, data)`` for training, ``from_meta(meta)`` from a checkpoint's metadata.
+    Defaults: ``default_model`` (``None``: the registry's default classifier) and ``default_batch_size``.
     Training: ``make_batch`` (images + targets of one batch, normalised and augmented together) and
-    ``training_loss(model, x, y)``. Validation and testing: ``validate`` (the metrics the loop monitors)
-    and ``full_metrics``. Classification also offers ``probabilities`` for ``engine.loop.predict``.
+    ``training_loss(model, x, y)``.
+    Validation: ``validate`` (the metrics the loop monitors; ``monitor`` names the one to maximise).
+    Testing: ``evaluate(model, request)`` scores a split and writes its outputs (predictions, masks, boxes),
+    returning ``(metrics, report context)``; ``metrics["headline"]`` is its one-line summary.
+    Report: ``report_sections(context)``. Prediction on files: ``predict_files(predictor, paths, out_dir)``.
+    ``is_classifier``: outputs are class probabilities per image (ONNX export, int8, distillation apply); a
+    classifier also offers ``loss(output, target)`` and ``probabilities(output)`` for batched inference.
     """
 
     name: str
     monitor: str  # metric used for early stopping / best checkpoint (higher is better)
     num_outputs: int
+    is_classifier: bool
+    default_model: str | None
+    default_batch_size: int
+
+    @classmethod
+    def from_config(cls, cfg: Any, data: Any) -> Task: ...
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Task: ...
 
     def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
                    policy: AugmentPolicy | None, generator: torch.Generator | None) -> tuple[Any, Any]: ...
@@ -34,12 +71,12 @@ class Task(Protocol):
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]: ...
 
-    def probabilities(self, output: torch.Tensor) -> torch.Tensor: ...
+    def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
-    def quick_metrics(self, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]: ...
+    def report_sections(self, context: dict[str, Any]) -> list[Any]: ...
 
-    def full_metrics(self, y_true: np.ndarray, y_score: np.ndarray, class_names: list[str],
-                     n_bootstrap: int = 1000) -> dict[str, Any]: ...
+    def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
+                      ) -> list[dict[str, Any]]: ...
 
 
 # name -> "module:factory"; factories take the data set's task string and class count.

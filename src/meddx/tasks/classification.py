@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
+from meddx.tasks.base import EvalRequest
 
 MULTI_LABEL = "multi-label, binary-class"
 
@@ -24,6 +26,9 @@ class ClassificationTask:
 
     name = "classification"
     monitor = "auc"
+    is_classifier = True
+    default_model = None  # the registry's default network
+    default_batch_size = 128
 
     def __init__(self, kind: str, num_classes: int, class_weights: torch.Tensor | None = None,
                  label_smoothing: float = 0.0) -> None:
@@ -70,6 +75,53 @@ class ClassificationTask:
                                 labels=split.labels)
         return {"loss": float(loss or 0.0), **self.quick_metrics(split.labels.numpy(), y_score)}
 
+    def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Metrics with bootstrap CIs on the request's split, scored by its runtime (the PyTorch model when
+        none or ``torch``: then the loss too); writes ``predictions_<split>.npz`` (y_true, y_score)."""
+        from meddx.models.inference import predict
+        from meddx.utils.io import atomic_path
+
+        split, runtime = request.split, request.runtime
+        if runtime is not None and runtime.name != "torch":  # e.g. an int8 run is scored on its int8 ONNX model
+            y_score, loss, label = runtime.predict(split.images), None, runtime.label
+        else:
+            y_score, loss = predict(model, split.images, self, request.normalize, batch_size=request.batch_size,
+                                    device=request.device, labels=split.labels)
+            label = "torch"
+        y_true = split.labels.numpy()
+        metrics = self.full_metrics(y_true, y_score, request.class_names, n_bootstrap=request.n_bootstrap)
+        metrics["loss"], metrics["runtime"] = loss, label
+        metrics["headline"] = headline(metrics)
+        if request.out_dir is not None:
+            with atomic_path(Path(request.out_dir) / f"predictions_{request.split_name}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, y_true=y_true, y_score=y_score)
+        return metrics, {"y_true": y_true, "y_score": y_score}
+
+    def report_sections(self, context: dict[str, Any]) -> list[Any]:
+        """Extra report sections: Grad-CAM heat maps of example test images."""
+        from meddx.explain.report_section import heatmap_section
+
+        return [s for s in (heatmap_section(context),) if s is not None]
+
+    def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
+                      ) -> list[dict[str, Any]]:
+        """One dict per file: the probabilities, and the predicted label (labels above 0.5 for multi-label)."""
+        if not paths:
+            raise MeddxError("no image files given")
+        images = torch.stack([predictor.load_image(p) for p in paths])
+        probs = predictor.predict_tensor(images)
+        return [self.describe(str(p), row, predictor.classes) for p, row in zip(paths, probs)]
+
+    def describe(self, name: str, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": name, "probabilities": {c: float(v) for c, v in zip(classes, probs)}}
+        if self.kind == MULTI_LABEL:
+            out["labels"] = [c for c, v in zip(classes, probs) if v > 0.5]
+        else:
+            k = int(np.argmax(probs))
+            out["label"], out["probability"] = classes[k], float(probs[k])
+        return out
+
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.class_weights.to(output.device) if self.class_weights is not None else None
         if self.kind == MULTI_LABEL:
@@ -99,3 +151,11 @@ def balanced_class_weights(labels: torch.Tensor, kind: str, num_classes: int) ->
         return (labels.shape[0] - pos) / pos
     counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
     return labels.numel() / (num_classes * counts)
+
+
+def headline(m: dict[str, Any]) -> str:
+    """``ACC 0.9103 (95% CI 0.885-0.933)  AUC 0.9561 (95% CI ...)  n=624``."""
+    nan2 = [float("nan")] * 2
+    acc_ci, auc_ci = m.get("acc_ci") or nan2, m.get("auc_ci") or nan2
+    return (f"ACC {m['acc']:.4f} (95% CI {acc_ci[0]:.3f}-{acc_ci[1]:.3f})  "
+            f"AUC {m['auc']:.4f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})  n={m.get('n')}")

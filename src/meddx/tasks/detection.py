@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
+from meddx.tasks.base import EvalRequest
 
 GAUSS_ALPHA = 0.54  # TTFNet's heat-map spread: sigma = alpha * size / 6
 MIN_SIGMA = 0.4  # grid cells, so that tiny objects still get a peak with some support
@@ -43,6 +44,7 @@ class DetectionTask:
 
     name = "detection"
     default_model = "centernet_slim"
+    is_classifier = False
 
     def __init__(self, num_classes: int, spatial_dims: int = 2, max_detections: int = 100,
                  score_floor: float = 0.001) -> None:
@@ -234,10 +236,7 @@ class DetectionTask:
             return coco_map(truth, dets, class_names)
         return froc(dets, [nodule_reference(t) for t in truth])
 
-    def evaluate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
-                 batch_size: int, class_names: list[str], n_bootstrap: int = 1000, out_dir: Path | None = None,
-                 split_name: str = "test", split_extra: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics (2D: COCO mAP, mAP@0.5 per class; 3D: FROC, CPM with a bootstrap CI over scans).
 
         Writes ``detections_<split>.json`` (per image: id, boxes, scores, labels) to ``out_dir``; 2D boxes are
@@ -245,8 +244,10 @@ class DetectionTask:
         """
         from meddx.utils.io import write_json_atomic
 
-        dets = self.detect(model, split.images, normalize, device=device, batch_size=min(batch_size, 16),
-                           tta=self.tta)
+        split, out_dir, n_bootstrap, class_names = request.split, request.out_dir, request.n_bootstrap, \
+            request.class_names
+        dets = self.detect(model, split.images, request.normalize, device=request.device,
+                           batch_size=min(request.batch_size, 16), tta=self.tta)
         metrics: dict[str, Any] = {"task": "detection", "spatial_dims": self.spatial_dims, "n": len(split)}
         metrics.update(self.score(split.labels, dets, class_names))
         if self.spatial_dims == 3 and n_bootstrap:
@@ -256,7 +257,7 @@ class DetectionTask:
             ids = split.ids or [str(i) for i in range(len(split))]
             from meddx.data.detection import boxes_to_original
 
-            sizes = (split_extra or {}).get("orig_size") if self.spatial_dims == 2 else None
+            sizes = request.split_extra.get("orig_size") if self.spatial_dims == 2 else None
             loaded = tuple(split.images.shape[2:])
             records = []
             for k, (i, det) in enumerate(zip(ids, dets)):
@@ -265,8 +266,14 @@ class DetectionTask:
                     det = det | {"boxes": boxes_to_original(det["boxes"], loaded, sizes[k])}
                     extra = {"image_size": list(sizes[k])}
                 records.append(detection_record(i, det, class_names) | extra)
-            write_json_atomic(Path(out_dir) / f"detections_{split_name}.json", records)
+            write_json_atomic(Path(out_dir) / f"detections_{request.split_name}.json", records)
         return metrics, {"detections": dets, "truth": split.labels, "images": split.images, "ids": split.ids}
+
+    def report_sections(self, context: dict[str, Any]) -> list[Any]:
+        """Example images with predicted and true boxes, per-class AP (2D) or the FROC curve (3D)."""
+        from meddx.report.detection import detection_section
+
+        return [s for s in (detection_section(context),) if s is not None]
 
     # ---------------------------------------------------------------- prediction on files
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
+from meddx.tasks.base import EvalRequest
 
 PATCH_2D, PATCH_3D = 96, 32  # largest default patch side; smaller images use their own size (multiple of 8)
 
@@ -66,6 +67,7 @@ class SegmentationTask:
     name = "segmentation"
     monitor = "dice"
     default_model = "unet"
+    is_classifier = False
 
     def __init__(self, num_classes: int, image_shape: tuple[int, ...], patch: tuple[int, ...] | None = None,
                  fg_ratio: float = 0.5, spacing: tuple[float, ...] | None = None, overlap: float = 0.25,
@@ -195,10 +197,7 @@ class SegmentationTask:
         return {"loss": total / max(len(split), 1),
                 "dice": mean_dice(pred, split.labels[:, 0].long(), self.num_classes)}
 
-    def evaluate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
-                 batch_size: int, class_names: list[str], n_bootstrap: int = 1000, out_dir: Path | None = None,
-                 split_name: str = "test", split_extra: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics (Dice, IoU, HD95, surface Dice per class with bootstrap CIs) and predicted masks.
 
         Writes ``predictions_<split>.npz`` (y_true, y_pred label maps) and, for volumes, one NIfTI mask per
@@ -206,18 +205,26 @@ class SegmentationTask:
         """
         from meddx.metrics.segmentation import evaluate_segmentation
 
-        pred = self.predict_labels(model, split.images, normalize, device=device, batch_size=batch_size, tta=self.tta)
+        split, out_dir, n_bootstrap = request.split, request.out_dir, request.n_bootstrap
+        pred = self.predict_labels(model, split.images, request.normalize, device=request.device,
+                                   batch_size=request.batch_size, tta=self.tta)
         true = split.labels[:, 0]
         tol = float(min(self.spacing)) if self.spacing else 1.0  # surface tolerance: one voxel
-        metrics = evaluate_segmentation(pred.numpy(), true.numpy(), class_names, spacing=self.spacing,
+        metrics = evaluate_segmentation(pred.numpy(), true.numpy(), request.class_names, spacing=self.spacing,
                                         tolerance=tol, n_bootstrap=n_bootstrap)
         metrics["patch"] = list(self.patch)
         metrics["mirror_tta"] = self.tta
         metrics["headline"] = headline(metrics)
         if out_dir is not None:
-            self.write_split_outputs(Path(out_dir), split, pred, split_name)
+            self.write_split_outputs(Path(out_dir), split, pred, request.split_name)
         return metrics, {"y_true": true.numpy(), "y_pred": pred.numpy(), "images": split.images,
                          "ids": split.ids}
+
+    def report_sections(self, context: dict[str, Any]) -> list[Any]:
+        """Per-class metric table and example overlays of predicted vs true masks."""
+        from meddx.report.segmentation import metrics_section, overlay_section
+
+        return [s for s in (metrics_section(context), overlay_section(context)) if s is not None]
 
     def write_split_outputs(self, out_dir: Path, split: Split, pred: torch.Tensor, split_name: str) -> None:
         from meddx.utils.io import atomic_path
