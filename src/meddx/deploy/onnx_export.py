@@ -8,7 +8,6 @@ the ONNX ``metadata_props`` (key ``meddx``), so :class:`OnnxPredictor` needs onl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
