@@ -16,7 +16,7 @@ _EXPORTS = {
     "pointing_game": "faithfulness", "energy_in_mask": "faithfulness", "deletion_auc": "faithfulness",
     "insertion_auc": "faithfulness", "deletion_aucs": "faithfulness", "insertion_aucs": "faithfulness",
     "perturbation_curve": "faithfulness", "perturbation_curves": "faithfulness", "FaithfulnessMeter": "faithfulness",
-    "explain_files": "commands",
+    "explain_files": "files",
 }
 __all__ = sorted(_EXPORTS)
 

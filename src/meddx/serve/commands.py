@@ -1,9 +1,7 @@
-"""CLI commands of meddx.serve, registered on the main app by `meddx.cli` (heavy imports stay inside the commands)."""
+"""Commands of meddx.serve: a typer sub-app (no commands yet; the HTTP service is an open issue)."""
 
 from __future__ import annotations
 
 import typer
 
-
-def register(app: typer.Typer) -> None:
-    """Add this capability's commands to `app` (none yet)."""
+app = typer.Typer()

@@ -1,0 +1,146 @@
+"""Commands of the core job: ``meddx train``, ``evaluate``, ``predict``, ``demo`` (option parsing only).
+
+A typer sub-app that ``meddx.cli`` adds explicitly; the work is done by library functions
+(:func:`meddx.engine.fit.fit`, :func:`meddx.engine.evaluate.evaluate_run`, :class:`meddx.engine.predict.Predictor`),
+imported inside the commands so that ``meddx --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from meddx.utils.cli import console as _console
+from meddx.utils.cli import user_errors
+
+app = typer.Typer()
+
+
+def _train_config(**kw: Any):
+    from meddx.engine.config import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in kw.items() if v is not None})
+
+
+@app.command()
+@user_errors
+def train(
+    data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
+    task: str | None = typer.Option(None, help="classification (default) or another registered task"),
+    model: str | None = typer.Option(None, help="registered model (see `meddx models`)"),
+    size: int | None = typer.Option(None, help="MedMNIST size (28/64/128/224) or resize target"),
+    data_dir: str | None = typer.Option(None, envvar="MEDDX_DATA", help="folder with MedMNIST files"),
+    epochs: int | None = typer.Option(None, help="default: from the training-set size"),
+    batch_size: int | None = typer.Option(None),
+    patch: int | None = typer.Option(None, help="segmentation patch / sliding-window side (multiple of 8)"),
+    lr: float | None = typer.Option(None),
+    optimizer: str | None = typer.Option(None, help="adamw | sgd"),
+    schedule: str | None = typer.Option(None, help="cosine | multistep"),
+    class_weights: bool = typer.Option(False, help="weight the loss by inverse class frequency"),
+    augment: str | None = typer.Option(None, help="auto (by modality) | none | policy name"),
+    pretrained: str | None = typer.Option(None, help="weights file or run to start from (head replaced)"),
+    patience: int | None = typer.Option(None, help="early stopping: epochs without validation gain (default off)"),
+    select: str | None = typer.Option(None, help="model to test and ship: last (default) | best (val metric)"),
+    ema_decay: float | None = typer.Option(None, help="EMA of the weights with this decay (default 0: off)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
+    out: str = typer.Option("runs", help="parent folder of run folders"),
+    name: str | None = typer.Option(None, help="run folder name (default: data-model-time)"),
+    max_minutes: float | None = typer.Option(None, help="stop cleanly after this wall time"),
+    tensorboard: bool = typer.Option(False, help="also log to TensorBoard"),
+    resume: Path | None = typer.Option(None, help="continue an interrupted run folder"),
+    evaluate: bool = typer.Option(True, help="evaluate on the test split and write the report afterwards"),
+) -> None:
+    """Train a model; writes a run folder with config, history and checkpoints."""
+    from meddx.engine.fit import fit
+
+    cfg = _train_config(data=data, task=task, model=model, size=size, data_dir=data_dir, epochs=epochs,
+                        batch_size=batch_size, patch=patch,
+                        lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
+                        augment=augment, pretrained=pretrained, patience=patience, select=select,
+                        ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,
+                        max_minutes=max_minutes, tensorboard=tensorboard or None)
+    console = _console(stderr=True)
+    run = fit(cfg, resume=resume, console=console)
+    console.print(f"run folder: {run.path}")
+    if evaluate:
+        _evaluate_and_print(run.path)
+
+
+def _evaluate_and_print(run_path: Path, split: str = "test", n_bootstrap: int = 1000) -> dict[str, Any]:
+    from meddx.engine.evaluate import evaluate_run
+
+    m = evaluate_run(run_path, split=split, n_bootstrap=n_bootstrap)
+    console = _console()
+    console.print(f"{split}: {m['headline']}")
+    console.print(f"report: {Path(run_path) / 'report.html'}")
+    return m
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Path = typer.Argument(..., metavar="RUN", help="run folder"),
+    split: str = typer.Option("test", help="train | val | test"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% CIs (0: none)"),
+) -> None:
+    """Evaluate a run (the checkpoint its --select names: last by default): metrics.json and report.html."""
+    _evaluate_and_print(run, split, bootstrap)
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Path = typer.Argument(..., metavar="RUN", help="run folder or .safetensors checkpoint"),
+    images: list[Path] = typer.Argument(..., metavar="FILE...",
+                                         help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    device: str = typer.Option("auto"),
+    runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
+                                "for a ptq/qat-compressed run, else torch; onnx is the run's model.onnx"),
+    out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
+) -> None:
+    """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
+    from meddx.engine.predict import Predictor
+
+    predictor = Predictor(run, device=device, runtime=runtime)
+    results = predictor.predict_files(list(images), out_dir=out)
+    used = {"runtime": predictor.runtime.label, "model_files": [str(f) for f in predictor.files]}
+    if as_json or "probabilities" not in results[0]:
+        typer.echo(json.dumps([r | used for r in results], indent=2))
+        return
+    typer.echo(f"runtime: {used['runtime']} ({', '.join(used['model_files'])})")
+    from rich.table import Table
+
+    first = results[0]["probabilities"]
+    table = Table("file", "prediction", *first.keys())
+    for r in results:
+        label = r.get("label") or ", ".join(r.get("labels", [])) or "-"
+        table.add_row(Path(r["file"]).name, label, *(f"{v:.3f}" for v in r["probabilities"].values()))
+    _console().print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: str = typer.Option("runs", help="parent folder of the run folder"),
+    epochs: int | None = typer.Option(None, help="default: 10 (about 2 minutes on 2 CPU cores)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train, evaluate and report on the embedded synthetic CT phantom (no download needed)."""
+    from meddx.engine.fit import fit
+
+    console = _console(stderr=True)
+    console.print("meddx demo: nodule / no nodule on synthetic CT slices (lung window, 28 px)")
+    cfg = _train_config(data="phantom", epochs=epochs or 10, out=out, seed=seed, name=f"demo-phantom-seed{seed}")
+    run_dir = Path(cfg.out) / cfg.name
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run = fit(cfg, console=console)
+    _evaluate_and_print(run.path)
+    console.print(f"done. open {run.path / 'report.html'} in a browser")
