@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from meddx.errors import MeddxError
+from meddx.kinds import KINDS, MULTI_LABEL
 
-TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
 SEGMENTATION = "segmentation"  # task kind of bundles whose labels are dense masks (N, 1, *spatial)
 DETECTION = "detection"  # task kind of bundles whose labels are one {"boxes", "labels"} dict per image
 
@@ -53,9 +53,9 @@ class DataBundle:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS + (SEGMENTATION, DETECTION):
+        if self.task not in KINDS + (SEGMENTATION, DETECTION):
             raise MeddxError(f"unknown task {self.task!r}; expected one of "
-                             f"{', '.join(TASKS + (SEGMENTATION, DETECTION))}", self.source)
+                             f"{', '.join(KINDS + (SEGMENTATION, DETECTION))}", self.source)
         for split_name in ("train", "val", "test"):
             check = validate_segmentation_split if self.task == SEGMENTATION else validate_split
             if self.task == DETECTION:
@@ -98,7 +98,7 @@ def validate_split(split: Split, task: str, num_classes: int, where: str) -> Non
         return
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise MeddxError("images contain NaN or infinite values", where)
-    if task == "multi-label, binary-class":
+    if task == MULTI_LABEL:
         if y.ndim != 2 or y.shape[1] != num_classes:
             raise MeddxError(f"multi-label task needs labels of shape (N, {num_classes}), got {tuple(y.shape)}",
                              where)
@@ -137,7 +137,7 @@ def validate_segmentation_split(split: Split, task: str, num_classes: int, where
 def labels_from_array(labels: np.ndarray, task: str) -> torch.Tensor:
     """MedMNIST-style (N, 1) or (N, K) label arrays to the engine's label tensor."""
     labels = np.asarray(labels)
-    if task == "multi-label, binary-class":
+    if task == MULTI_LABEL:
         return torch.as_tensor(labels.reshape(labels.shape[0], -1), dtype=torch.float32)
     return torch.as_tensor(labels.reshape(labels.shape[0]), dtype=torch.long)
 

@@ -83,7 +83,7 @@ class Predictor:
         return [self.describe(str(p), row) for p, row in zip(paths, probs)]
 
     def describe(self, name: str, probs: np.ndarray) -> dict[str, Any]:
-        from meddx.tasks.classification import MULTI_LABEL
+        from meddx.kinds import MULTI_LABEL
 
         out: dict[str, Any] = {"file": name, "probabilities": {c: float(v) for c, v in zip(self.classes, probs)}}
         if self.meta["task_kind"] == MULTI_LABEL:

@@ -3,7 +3,6 @@
 from meddx.metrics.bootstrap import bootstrap_ci, bootstrap_replicates
 from meddx.metrics.calibration import compute_ece, reliability_bins
 from meddx.metrics.classification import (
-    TASKS,
     ClassificationMetric,
     acc_metric,
     auc_metric,
@@ -19,7 +18,6 @@ from meddx.metrics.classification import (
 )
 
 __all__ = [
-    "TASKS",
     "ClassificationMetric",
     "acc_metric",
     "auc_metric",

@@ -1,6 +1,6 @@
 """Classification metrics with MedMNIST's definitions of ACC and AUC, plus per-class and summary metrics.
 
-Task types are MedMNIST's strings (see :data:`TASKS`). Inputs:
+Task types are MedMNIST's strings (see :data:`meddx.kinds.KINDS`). Inputs:
 
 * ``y_true``: ``(N,)`` int class ids (``(N, 1)`` is squeezed), or ``(N, C)`` 0/1 for multi-label;
 * ``y_score``: ``(N, C)`` probabilities: softmax rows for binary/multi-class/ordinal, one sigmoid per column
@@ -31,13 +31,8 @@ from sklearn.metrics import (
 )
 
 from meddx.errors import MeddxError
+from meddx.kinds import BINARY, KINDS, MULTI_CLASS, MULTI_LABEL, ORDINAL
 from meddx.metrics.bootstrap import bootstrap_ci
-
-BINARY = "binary-class"
-MULTI_CLASS = "multi-class"
-MULTI_LABEL = "multi-label, binary-class"
-ORDINAL = "ordinal-regression"
-TASKS: tuple[str, ...] = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
 
 ROC_MAX_POINTS = 200
 
@@ -63,9 +58,9 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 
 def check_task(task: str) -> str:
-    """Return ``task`` if it is one of :data:`TASKS`, else raise ``MeddxError``."""
-    if task not in TASKS:
-        expected = ", ".join(repr(t) for t in TASKS)
+    """Return ``task`` if it is one of :data:`meddx.kinds.KINDS`, else raise ``MeddxError``."""
+    if task not in KINDS:
+        expected = ", ".join(repr(t) for t in KINDS)
         raise MeddxError(f"unknown task {task!r}; expected one of {expected}")
     return task
 
@@ -453,7 +448,7 @@ class ClassificationMetric:
 
     Example::
 
-        metric = ClassificationMetric("multi-class", class_names)
+        metric = ClassificationMetric(MULTI_CLASS, class_names)
         for x, y in loader:
             metric.update(y, model(x).softmax(-1))
         result = metric.compute(n_bootstrap=1000)

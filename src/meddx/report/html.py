@@ -16,14 +16,15 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from meddx.kinds import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
 from meddx.report import plots
 from meddx.utils.io import write_text_atomic
 
 TASK_NAMES = {
-    "binary-class": "Binary classification",
-    "multi-class": "Multi-class classification",
-    "multi-label, binary-class": "Multi-label classification",
-    "ordinal-regression": "Ordinal grading (scored as classification)",
+    BINARY: "Binary classification",
+    MULTI_CLASS: "Multi-class classification",
+    MULTI_LABEL: "Multi-label classification",
+    ORDINAL: "Ordinal grading (scored as classification)",
 }
 
 
@@ -152,27 +153,27 @@ def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
 
     if acc is None:
         acc_text = "Accuracy could not be computed."
-    elif task == "multi-label, binary-class":
+    elif task == MULTI_LABEL:
         acc_text = (
             f"Averaged over the {len(class_names)} findings, each finding was called correctly (present or "
             f"absent) for {acc:.1%} of the {n:,} test images."
         )
     else:
         thr = metrics.get("threshold", 0.5)
-        at = f" at a probability threshold of {thr:g}" if task == "binary-class" else ""
+        at = f" at a probability threshold of {thr:g}" if task == BINARY else ""
         acc_text = (
             f"The model's prediction matched the true label for {round(acc * n):,} of {n:,} test images "
             f"({acc:.1%}){at}."
         )
     if auc is None:
         auc_text = "AUC could not be computed (the test set needs images with and without each class)."
-    elif task == "binary-class" and class_names:
+    elif task == BINARY and class_names:
         pos = escape(str(class_names[-1]))
         auc_text = (
             f"Given one test image that is <em>{pos}</em> and one that is not, the model scores the "
             f"<em>{pos}</em> image higher {auc:.0%} of the time (0.5 = coin toss, 1.0 = perfect)."
         )
-    elif task == "multi-label, binary-class":
+    elif task == MULTI_LABEL:
         auc_text = (
             "Averaged over findings, each present vs absent: how well the model ranks images with a finding "
             "above images without it, at any threshold (0.5 = coin toss, 1.0 = perfect)."
@@ -212,7 +213,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     rows = metrics.get("per_class") or []
     if not rows:
         return ""
-    multilabel = metrics.get("task") == "multi-label, binary-class"
+    multilabel = metrics.get("task") == MULTI_LABEL
     cols = [
         ("sensitivity", "Sensitivity"),
         ("specificity", "Specificity"),
@@ -249,7 +250,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     names = [str(r.get("name", "")) for r in rows]
     if multilabel:
         rule = f"a finding counts as present when its probability is above {thr:g}"
-    elif metrics.get("task") == "binary-class" and names:
+    elif metrics.get("task") == BINARY and names:
         rule = f"an image is called <em>{escape(names[-1])}</em> when its probability is above {thr:g}"
     else:
         rule = "each image is assigned the class with the highest probability"
@@ -267,7 +268,7 @@ def _confusion_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -
     cm = metrics.get("confusion")
     if not cm:
         return ""
-    if metrics.get("task") == "multi-label, binary-class":
+    if metrics.get("task") == MULTI_LABEL:
         rows = "".join(
             f"<tr><td>{escape(str(name))}</td>"
             + "".join(f"<td class='num'>{int(v):,}</td>" for v in (m[1][1], m[1][0], m[0][1], m[0][0]))
@@ -301,7 +302,7 @@ def _roc_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
             "needs images both with and without a class.</p></section>"
         )
     extra = ""
-    if metrics.get("task") == "binary-class" and class_names:
+    if metrics.get("task") == BINARY and class_names:
         extra = f" The curve is for the positive class, <em>{escape(str(class_names[-1]))}</em>."
     return (
         '<section id="roc"><h2>ROC curves</h2>'

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
-
-MULTI_LABEL = "multi-label, binary-class"
+from meddx.kinds import MULTI_LABEL
 
 
 class ClassificationTask:
@@ -27,7 +26,7 @@ class ClassificationTask:
 
     def __init__(self, kind: str, num_classes: int, class_weights: torch.Tensor | None = None,
                  label_smoothing: float = 0.0) -> None:
-        from meddx.data.dataset import TASKS
+        from meddx.kinds import KINDS as TASKS
 
         if kind not in TASKS:
             raise MeddxError(f"unknown classification type {kind!r}; expected one of {', '.join(TASKS)}")
