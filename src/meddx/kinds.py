@@ -13,4 +13,8 @@ MULTI_LABEL = "multi-label, binary-class"
 ORDINAL = "ordinal-regression"
 KINDS: tuple[str, ...] = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
 
-__all__ = ["BINARY", "KINDS", "MULTI_CLASS", "MULTI_LABEL", "ORDINAL"]
+# The other label structures a data bundle can hold (its ``task``), beside the classification kinds.
+SEGMENTATION = "segmentation"  # dense masks (N, 1, *spatial)
+DETECTION = "detection"  # one {"boxes", "labels"} dict per image
+
+__all__ = ["BINARY", "DETECTION", "KINDS", "MULTI_CLASS", "MULTI_LABEL", "ORDINAL", "SEGMENTATION"]
