@@ -22,7 +22,7 @@ MAX_CLASSES = 16
 
 def heatmap_section(context: dict[str, Any]):
     """``fn(context) -> ReportSection`` for ``REPORT_SECTIONS``; a note instead of pictures on any failure."""
-    from meddx.report.html import ReportSection
+    from meddx.report.page import ReportSection
 
     if context.get("meta", {}).get("task", "classification") != "classification" or "y_score" not in context:
         return None  # heat maps explain class scores; other tasks have their own report sections
@@ -72,7 +72,7 @@ def _render(context: dict[str, Any]) -> str:
     from meddx.data.augment import Normalization
     from meddx.explain.methods import explain, resolve_layer
     from meddx.explain.overlay import row_png
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     model, meta = context["model"], context["meta"]
     data, split = context["data"], context.get("split", "test")

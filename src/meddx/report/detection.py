@@ -20,7 +20,7 @@ def detection_section(context: dict[str, Any]):
     m = context.get("metrics", {})
     if m.get("task") != "detection" or "detections" not in context:
         return None
-    from meddx.report.html import ReportSection
+    from meddx.report.page import ReportSection
 
     body = f"<p class='lead'>{escape(str(m.get('headline', '')))}</p>"
     body += _froc_html(m) if m.get("spatial_dims") == 3 else _map_html(m, context)
@@ -28,7 +28,7 @@ def detection_section(context: dict[str, Any]):
 
 
 def _map_html(m: dict[str, Any], context: dict[str, Any]) -> str:
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     rows = "".join(f"<tr><td>{escape(k)}</td><td class='num'>{v:.3f}</td>"
                    f"<td class='num'>{m.get('ap_per_class', {}).get(k, float('nan')):.3f}</td></tr>"
@@ -98,7 +98,7 @@ def draw_boxes_png(path: Path, image: Any, det: dict[str, np.ndarray], class_nam
 
 
 def _froc_html(m: dict[str, Any]) -> str:
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     sens = m["sensitivity"]
     head = "".join(f"<th class='num'>{fp:g}</th>" for fp in sens)
