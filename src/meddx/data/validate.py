@@ -18,17 +18,25 @@ if TYPE_CHECKING:
     from meddx.data.dataset import Split
 
 
+def _check_rank(x: torch.Tensor, where: str) -> None:
+    if x.ndim not in (4, 5):
+        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
+
+
+def _check_finite(x: torch.Tensor, where: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise MeddxError("images contain NaN or infinite values", where)
+
+
 def validate_split(split: Split, task: str, num_classes: int, where: str) -> None:
     """Check shapes, label range and finiteness; raise a one-line MeddxError naming ``where``."""
     x, y = split.images, split.labels
-    if x.ndim not in (4, 5):
-        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
+    _check_rank(x, where)
     if x.shape[0] != y.shape[0]:
         raise MeddxError(f"{x.shape[0]} images but {y.shape[0]} labels", where)
     if x.shape[0] == 0:
         return
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise MeddxError("images contain NaN or infinite values", where)
+    _check_finite(x, where)
     if task == MULTI_LABEL:
         if y.ndim != 2 or y.shape[1] != num_classes:
             raise MeddxError(f"multi-label task needs labels of shape (N, {num_classes}), got {tuple(y.shape)}",
@@ -48,8 +56,7 @@ def validate_split(split: Split, task: str, num_classes: int, where: str) -> Non
 def validate_segmentation_split(split: Split, task: str, num_classes: int, where: str) -> None:
     """Masks must be (N, 1, *spatial) integers in [0, num_classes) with the images' spatial shape."""
     x, y = split.images, split.labels
-    if x.ndim not in (4, 5):
-        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
+    _check_rank(x, where)
     if y.ndim != x.ndim or y.shape[1] != 1:
         raise MeddxError(f"masks must be (N, 1, *spatial) for images of shape {tuple(x.shape)}, got "
                          f"{tuple(y.shape)}", where)
@@ -59,18 +66,15 @@ def validate_segmentation_split(split: Split, task: str, num_classes: int, where
         raise MeddxError(f"mask shape {tuple(y.shape[2:])} does not match image shape {tuple(x.shape[2:])}", where)
     if y.is_floating_point():
         raise MeddxError("masks must hold integer class ids", where)
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise MeddxError("images contain NaN or infinite values", where)
+    _check_finite(x, where)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise MeddxError(f"mask value {int(y.max())} out of range for {num_classes} classes", where)
-
 
 
 def validate_detection_split(split: Split, task: str, num_classes: int, where: str) -> None:
     """Images (N, C, *spatial) and one target dict per image with boxes inside the image and known classes."""
     x, y = split.images, split.labels
-    if x.ndim not in (4, 5):
-        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
+    _check_rank(x, where)
     if not isinstance(y, list) or len(y) != x.shape[0]:
         raise MeddxError(f"{x.shape[0]} images need as many box lists, got "
                          f"{len(y) if isinstance(y, list) else type(y).__name__}", where)
