@@ -37,6 +37,13 @@ def _json_float(x: Any) -> float | None:
     return x if np.isfinite(x) else None
 
 
+def _ci(yt: np.ndarray, ys: np.ndarray, metric: Any, n_bootstrap: int, alpha: float, seed: int) -> list | None:
+    """JSON-safe bootstrap interval of ``metric``; None when ``n_bootstrap`` is 0."""
+    if not (n_bootstrap and n_bootstrap > 0):
+        return None
+    return [_json_float(v) for v in bootstrap_ci(yt, ys, metric, n_bootstrap, alpha, seed)]
+
+
 def evaluate_classification(
     y_true: Any,
     y_score: Any,
@@ -66,13 +73,8 @@ def evaluate_classification(
     else:
         undefined = [names[i] for i in range(c.n_classes) if not np.isfinite(aucs[i])]
 
-    acc_ci = auc_ci = None
-    if n_bootstrap and n_bootstrap > 0:
-        acc_ci = [
-            _json_float(v)
-            for v in bootstrap_ci(yt, ys, acc_metric(task, threshold), n_bootstrap, alpha, seed)
-        ]
-        auc_ci = [_json_float(v) for v in bootstrap_ci(yt, ys, auc_metric(task), n_bootstrap, alpha, seed)]
+    acc_ci = _ci(yt, ys, acc_metric(task, threshold), n_bootstrap, alpha, seed)
+    auc_ci = _ci(yt, ys, auc_metric(task), n_bootstrap, alpha, seed)
 
     rows = per_class_metrics(yt, ys, task, names, threshold)
     macro = {
