@@ -146,7 +146,7 @@ def test_undefined_auc_and_nan_values_render():
 
 
 def test_calibration_sentence_direction():
-    from meddx.report.html import calibration_sentence
+    from meddx.report.classification import calibration_sentence
 
     over = {
         "ece": 0.2,

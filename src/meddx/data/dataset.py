@@ -12,11 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from meddx.data.validate import VALIDATORS, validate_split
 from meddx.errors import MeddxError
-
-TASKS = ("binary-class", "multi-class", "multi-label, binary-class", "ordinal-regression")
-SEGMENTATION = "segmentation"  # task kind of bundles whose labels are dense masks (N, 1, *spatial)
-DETECTION = "detection"  # task kind of bundles whose labels are one {"boxes", "labels"} dict per image
+from meddx.kinds import DETECTION, KINDS, MULTI_LABEL, SEGMENTATION
 
 
 @dataclass
@@ -53,13 +51,11 @@ class DataBundle:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS + (SEGMENTATION, DETECTION):
+        if self.task not in KINDS + (SEGMENTATION, DETECTION):
             raise MeddxError(f"unknown task {self.task!r}; expected one of "
-                             f"{', '.join(TASKS + (SEGMENTATION, DETECTION))}", self.source)
+                             f"{', '.join(KINDS + (SEGMENTATION, DETECTION))}", self.source)
         for split_name in ("train", "val", "test"):
-            check = validate_segmentation_split if self.task == SEGMENTATION else validate_split
-            if self.task == DETECTION:
-                from meddx.data.detection import validate_detection_split as check
+            check = VALIDATORS.get(self.task, validate_split)
             check(getattr(self, split_name), self.task, len(self.class_names),
                   f"{self.source or self.name} [{split_name}]")
 
@@ -87,57 +83,10 @@ class DataBundle:
         }
 
 
-def validate_split(split: Split, task: str, num_classes: int, where: str) -> None:
-    """Check shapes, label range and finiteness; raise a one-line MeddxError naming ``where``."""
-    x, y = split.images, split.labels
-    if x.ndim not in (4, 5):
-        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
-    if x.shape[0] != y.shape[0]:
-        raise MeddxError(f"{x.shape[0]} images but {y.shape[0]} labels", where)
-    if x.shape[0] == 0:
-        return
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise MeddxError("images contain NaN or infinite values", where)
-    if task == "multi-label, binary-class":
-        if y.ndim != 2 or y.shape[1] != num_classes:
-            raise MeddxError(f"multi-label task needs labels of shape (N, {num_classes}), got {tuple(y.shape)}",
-                             where)
-        bad = ~((y == 0) | (y == 1))
-        if bool(bad.any()):
-            raise MeddxError(f"multi-label labels must be 0/1, found {y[bad][0].item()}", where)
-    else:
-        if y.ndim != 1:
-            raise MeddxError(f"labels must be one class id per image, got shape {tuple(y.shape)}", where)
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= num_classes:
-            bad = lo if lo < 0 else hi
-            raise MeddxError(f"label {bad} out of range for {num_classes} classes", where)
-
-
-def validate_segmentation_split(split: Split, task: str, num_classes: int, where: str) -> None:
-    """Masks must be (N, 1, *spatial) integers in [0, num_classes) with the images' spatial shape."""
-    x, y = split.images, split.labels
-    if x.ndim not in (4, 5):
-        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
-    if y.ndim != x.ndim or y.shape[1] != 1:
-        raise MeddxError(f"masks must be (N, 1, *spatial) for images of shape {tuple(x.shape)}, got "
-                         f"{tuple(y.shape)}", where)
-    if x.shape[0] != y.shape[0]:
-        raise MeddxError(f"{x.shape[0]} images but {y.shape[0]} masks", where)
-    if tuple(x.shape[2:]) != tuple(y.shape[2:]):
-        raise MeddxError(f"mask shape {tuple(y.shape[2:])} does not match image shape {tuple(x.shape[2:])}", where)
-    if y.is_floating_point():
-        raise MeddxError("masks must hold integer class ids", where)
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise MeddxError("images contain NaN or infinite values", where)
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise MeddxError(f"mask value {int(y.max())} out of range for {num_classes} classes", where)
-
-
 def labels_from_array(labels: np.ndarray, task: str) -> torch.Tensor:
     """MedMNIST-style (N, 1) or (N, K) label arrays to the engine's label tensor."""
     labels = np.asarray(labels)
-    if task == "multi-label, binary-class":
+    if task == MULTI_LABEL:
         return torch.as_tensor(labels.reshape(labels.shape[0], -1), dtype=torch.float32)
     return torch.as_tensor(labels.reshape(labels.shape[0]), dtype=torch.long)
 

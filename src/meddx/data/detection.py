@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from meddx.data.dataset import DataBundle, Split
+from meddx.data.validate import validate_detection_split  # noqa: F401 (its old home; tests import it here)
 from meddx.errors import MeddxError
 
 DEFAULT_LONG_SIDE = 320  # 2D training resolution (longer image side): BCCD's 640x480 -> 320x240
@@ -314,30 +315,3 @@ def count_boxes(targets: list[dict[str, np.ndarray]], num_classes: int) -> list[
     """Boxes per class over a split (for summaries and tests)."""
     labels = np.concatenate([t["labels"] for t in targets]) if targets else np.zeros(0, np.int64)
     return np.bincount(labels, minlength=num_classes).tolist()
-
-
-
-def validate_detection_split(split: Split, task: str, num_classes: int, where: str) -> None:
-    """Images (N, C, *spatial) and one target dict per image with boxes inside the image and known classes."""
-    x, y = split.images, split.labels
-    if x.ndim not in (4, 5):
-        raise MeddxError(f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}", where)
-    if not isinstance(y, list) or len(y) != x.shape[0]:
-        raise MeddxError(f"{x.shape[0]} images need as many box lists, got "
-                         f"{len(y) if isinstance(y, list) else type(y).__name__}", where)
-    dims = x.ndim - 2
-    extent = np.asarray(x.shape[2:][::-1] if dims == 2 else x.shape[2:], np.float32)  # x, y order for 2D
-    for i, t in enumerate(y):
-        boxes, labels = np.asarray(t.get("boxes")), np.asarray(t.get("labels"))
-        name = split.ids[i] if split.ids else f"image {i}"
-        if boxes.ndim != 2 or boxes.shape[1] != 2 * dims or len(labels) != len(boxes):
-            raise MeddxError(f"{name}: boxes must be (k, {2 * dims}) with k labels, got {boxes.shape} and "
-                             f"{labels.shape}", where)
-        if len(boxes) == 0:
-            continue
-        if (boxes[:, dims:] <= boxes[:, :dims]).any():
-            raise MeddxError(f"{name}: a box has zero or negative size", where)
-        if (boxes[:, :dims] < -1).any() or (boxes[:, dims:] > extent + 1).any():
-            raise MeddxError(f"{name}: a box lies outside the image of size {tuple(int(e) for e in extent)}", where)
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise MeddxError(f"{name}: class index out of range for {num_classes} classes", where)

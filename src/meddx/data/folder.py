@@ -11,6 +11,7 @@ import torch
 from meddx.data.dataset import DataBundle, Split, stratified_split
 from meddx.data.images import IMAGE_SUFFIXES, read_image, resize_to
 from meddx.errors import MeddxError
+from meddx.kinds import BINARY, MULTI_CLASS
 
 
 def load_image_folder(root: str | Path, image_size: int = 28, channels: int | None = None,
@@ -75,7 +76,7 @@ def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list
         tr, va, te = (np.flatnonzero(arr == s) for s in ("train", "val", "test"))
         if len(tr) == 0 or len(va) == 0 or len(te) == 0:
             raise MeddxError("the split column must give train, val and test at least one image each", source)
-    return DataBundle(name=name, task="binary-class" if len(classes) == 2 else "multi-class",
+    return DataBundle(name=name, task=BINARY if len(classes) == 2 else MULTI_CLASS,
                       class_names=classes, train=full.subset(tr), val=full.subset(va), test=full.subset(te),
                       source=source)
 

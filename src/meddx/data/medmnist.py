@@ -22,6 +22,7 @@ import torch
 
 from meddx.data.dataset import DataBundle, Split, labels_from_array
 from meddx.errors import MeddxError
+from meddx.kinds import BINARY, MULTI_CLASS, MULTI_LABEL
 
 SIZES = ("28", "64", "128", "224")
 
@@ -128,7 +129,7 @@ def load_medmnist(path: str | Path, name: str | None = None) -> DataBundle:
         y = arrays["train_labels"]
         multi = y.ndim == 2 and y.shape[1] > 1
         n = y.shape[1] if multi else int(max(arrays[f"{s}_labels"].max() for s in ("train", "val", "test"))) + 1
-        task = "multi-label, binary-class" if multi else ("binary-class" if n == 2 else "multi-class")
+        task = MULTI_LABEL if multi else (BINARY if n == 2 else MULTI_CLASS)
         class_names = [str(i) for i in range(n)]
         x = arrays["train_images"]
         spatial_dims = 3 if x.ndim == 4 and x.shape[-1] not in (1, 3) else 2  # (N,H,W,3) is colour 2D

@@ -13,6 +13,7 @@ import torch
 
 from meddx.data.dataset import DataBundle, Split
 from meddx.errors import MeddxError
+from meddx.kinds import BINARY
 
 PHANTOM_SPLITS = {"train": 2000, "val": 400, "test": 800}
 PHANTOM_SIZE = 28  # MNIST-like, like MedMNIST; `--size 48/64` gives larger slices (and slower training)
@@ -61,5 +62,5 @@ def load_phantom(size: int = PHANTOM_SIZE, seed: int = 0, splits: dict[str, int]
         out[name] = Split(images, torch.from_numpy(ph.labels.astype(np.int64)),
                           [f"phantom-{name}-{k}" for k in range(n)])
         extra[name] = {"masks": ph.masks, "boxes": ph.boxes}
-    return DataBundle(name="phantom", task="binary-class", class_names=["no nodule", "nodule"], modality="ct",
+    return DataBundle(name="phantom", task=BINARY, class_names=["no nodule", "nodule"], modality="ct",
                       source=f"phantom(size={size}, seed={seed})", extra=extra, **out)

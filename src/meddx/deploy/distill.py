@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from meddx.tasks.classification import MULTI_LABEL
+from meddx.kinds import MULTI_LABEL
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, kind: str,

@@ -54,7 +54,7 @@ class DeployWrapper(nn.Module):
 
 def wrap_for_deploy(model: nn.Module, meta: dict[str, Any]) -> DeployWrapper:
     """The deployable module for a checkpoint's model and metadata (classification tasks)."""
-    from meddx.tasks.classification import MULTI_LABEL
+    from meddx.kinds import MULTI_LABEL
 
     if meta.get("task", "classification") != "classification":
         raise MeddxError(f"ONNX export folds classification probabilities; task {meta.get('task')!r} "

@@ -59,7 +59,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
 def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: dict[str, Any],
                      context: dict[str, Any]) -> Path:
     """Render ``report.html`` with the run's history and the task's own report sections."""
-    from meddx.report.html import write_report
+    from meddx.report.classification import write_report
 
     context = context | {"run": run, "config": cfg, "data": data, "metrics": metrics}
     sections = context["task"].report_sections(context)

@@ -136,7 +136,7 @@ padding:8px;max-width:100%}.card img{max-width:100%;height:auto;display:block}
 
 def gallery_html(items: Sequence[dict[str, Any]], title: str, note: str = "") -> str:
     """A self-contained HTML page of explanation cards; each item has ``png`` (bytes) and ``caption``."""
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     cards = "".join(
         f'<div class="card">{img_tag(it["png"], it.get("caption", ""))}'

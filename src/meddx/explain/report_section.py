@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from meddx.kinds import MULTI_LABEL
+
 TITLE = "Where the model looked (Grad-CAM)"
 PER_KIND = 2
 MAX_CLASSES = 16
@@ -20,7 +22,7 @@ MAX_CLASSES = 16
 
 def heatmap_section(context: dict[str, Any]):
     """``fn(context) -> ReportSection`` for ``REPORT_SECTIONS``; a note instead of pictures on any failure."""
-    from meddx.report.html import ReportSection
+    from meddx.report.page import ReportSection
 
     if context.get("meta", {}).get("task", "classification") != "classification" or "y_score" not in context:
         return None  # heat maps explain class scores; other tasks have their own report sections
@@ -70,12 +72,12 @@ def _render(context: dict[str, Any]) -> str:
     from meddx.data.augment import Normalization
     from meddx.explain.methods import explain, resolve_layer
     from meddx.explain.overlay import row_png
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     model, meta = context["model"], context["meta"]
     data, split = context["data"], context.get("split", "test")
     classes = list(data.class_names)
-    multilabel = meta.get("task_kind") == "multi-label, binary-class"
+    multilabel = meta.get("task_kind") == MULTI_LABEL
     picks = pick_examples(context["y_true"], context["y_score"], multilabel)
     index = sorted({i for _, _, idx, _ in picks for i in idx})
     if not index:

@@ -2,7 +2,7 @@
 
 Resamples rows with replacement. A metric may also carry a ``batched(y_true, y_score, counts)`` attribute
 that scores many resamples at once from a ``(b, N)`` matrix of draw counts (see
-:func:`meddx.metrics.classification.auc_metric`); both paths see exactly the same resamples for a seed, so
+:func:`meddx.metrics.batched.auc_metric`); both paths see exactly the same resamples for a seed, so
 they give the same interval, the batched one just faster.
 """
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from meddx.errors import MeddxError
-from meddx.metrics.classification import BINARY, MULTI_LABEL, check_inputs
+from meddx.kinds import BINARY, MULTI_LABEL
+from meddx.metrics._inputs import check_inputs
 
 
 def _check_bins(n_bins: int) -> None:

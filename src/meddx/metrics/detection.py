@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from meddx.errors import MeddxError
+from meddx.metrics.bootstrap import bootstrap_ci
 
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -140,3 +142,28 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(hi - lo, 0, None).prod(-1)
     va, vb = (a[:, d:] - a[:, :d]).prod(-1), (b[:, d:] - b[:, :d]).prod(-1)
     return inter / np.maximum(va[:, None] + vb[None, :] - inter, 1e-12)
+
+
+def nodule_reference(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """FROC reference of one scan: the given centres/diameters, else box centres and mean box side."""
+    if "centres" in t:
+        return {"centres": t["centres"], "diameters": t["diameters"]}
+    boxes = np.asarray(t["boxes"], np.float32).reshape(-1, 6)
+    return {"centres": (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5, "diameters": (boxes[:, 3:] - boxes[:, :3]).mean(1)}
+
+
+def cpm_bootstrap(dets: list[dict[str, np.ndarray]], refs: list[dict[str, np.ndarray]], n_bootstrap: int = 1000,
+                  seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of CPM over scans (as the LUNA16 evaluation does).
+
+    Scans are resampled by :func:`meddx.metrics.bootstrap.bootstrap_ci`; resamples without nodules are skipped.
+    """
+    if not refs or n_bootstrap < 1:
+        return [math.nan] * 2
+
+    def cpm(rows: np.ndarray, _: np.ndarray) -> float:
+        m = froc([dets[i] for i in rows], [refs[i] for i in rows])
+        return m["cpm"] if m["n_nodules"] else math.nan
+
+    index = np.arange(len(refs))
+    return list(bootstrap_ci(index, index, cpm, n_bootstrap, alpha=0.05, seed=seed))

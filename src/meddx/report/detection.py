@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import io
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 N_EXAMPLES = 4
+BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4"]
 
 
 def detection_section(context: dict[str, Any]):
     m = context.get("metrics", {})
     if m.get("task") != "detection" or "detections" not in context:
         return None
-    from meddx.report.html import ReportSection
+    from meddx.report.page import ReportSection
 
     body = f"<p class='lead'>{escape(str(m.get('headline', '')))}</p>"
     body += _froc_html(m) if m.get("spatial_dims") == 3 else _map_html(m, context)
@@ -26,7 +28,7 @@ def detection_section(context: dict[str, Any]):
 
 
 def _map_html(m: dict[str, Any], context: dict[str, Any]) -> str:
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     rows = "".join(f"<tr><td>{escape(k)}</td><td class='num'>{v:.3f}</td>"
                    f"<td class='num'>{m.get('ap_per_class', {}).get(k, float('nan')):.3f}</td></tr>"
@@ -45,34 +47,58 @@ def _map_html(m: dict[str, Any], context: dict[str, Any]) -> str:
         "</div>"
 
 
-def _example_png(image: Any, truth: dict[str, np.ndarray], det: dict[str, np.ndarray], data: Any) -> bytes:
-    from PIL import Image, ImageDraw
-
-    from meddx.tasks.detection import BOX_COLOURS
+def _rgb_image(image: Any):
+    """A (C, H, W) uint8 tensor as an RGB PIL image (grey repeated)."""
+    from PIL import Image
 
     arr = image.numpy()
     arr = np.repeat(arr, 3, 0) if arr.shape[0] == 1 else arr
-    im = Image.fromarray(np.moveaxis(arr.astype(np.uint8), 0, -1))
-    scale = max(1, 320 // max(im.size))
-    im = im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(im)
-    for b in truth["boxes"]:
-        draw.rectangle([float(v) * scale for v in b], outline="white", width=1)
-    names = data.class_names if data is not None else None
+    return Image.fromarray(np.moveaxis(arr.astype(np.uint8), 0, -1))
+
+
+def _draw_detections(draw: Any, det: dict[str, np.ndarray], names: list[str] | None, scale: int = 1,
+                     min_score: float | None = None) -> None:
+    """Coloured boxes (and ``name score`` labels when ``names`` is given), skipping scores under ``min_score``."""
     for b, s, c in zip(det["boxes"], det["scores"], det["labels"]):
-        if s < 0.3:
+        if min_score is not None and s < min_score:
             continue
         colour = BOX_COLOURS[int(c) % len(BOX_COLOURS)]
         draw.rectangle([float(v) * scale for v in b], outline=colour, width=2)
         if names:
             draw.text((float(b[0]) * scale + 2, float(b[1]) * scale + 1), f"{names[int(c)]} {s:.2f}", fill=colour)
+
+
+def _example_png(image: Any, truth: dict[str, np.ndarray], det: dict[str, np.ndarray], data: Any) -> bytes:
+    from PIL import Image, ImageDraw
+
+    im = _rgb_image(image)
+    scale = max(1, 320 // max(im.size))
+    im = im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    for b in truth["boxes"]:
+        draw.rectangle([float(v) * scale for v in b], outline="white", width=1)
+    _draw_detections(draw, det, data.class_names if data is not None else None, scale, min_score=0.3)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
 
 
+def draw_boxes_png(path: Path, image: Any, det: dict[str, np.ndarray], class_names: list[str]) -> Path:
+    """Write ``image`` (C, H, W uint8) with labelled boxes as a PNG (atomically)."""
+    from PIL import ImageDraw
+
+    from meddx.utils.io import atomic_path
+
+    im = _rgb_image(image)
+    _draw_detections(ImageDraw.Draw(im), det, class_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path
+
+
 def _froc_html(m: dict[str, Any]) -> str:
-    from meddx.report.html import img_tag
+    from meddx.report.page import img_tag
 
     sens = m["sensitivity"]
     head = "".join(f"<th class='num'>{fp:g}</th>" for fp in sens)

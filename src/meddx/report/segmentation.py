@@ -35,7 +35,7 @@ def metrics_section(context: dict[str, Any]):
     """Table: Dice, IoU, HD95, surface Dice per class with 95% bootstrap CIs, global Dice, FP/missed cases."""
     if not _is_segmentation(context):
         return None
-    from meddx.report.html import ReportSection
+    from meddx.report.page import ReportSection
 
     m = context["metrics"]
     unit = escape(str(m.get("distance_unit", "voxel")))
@@ -108,7 +108,7 @@ def overlay_section(context: dict[str, Any]):
     with the most reference (else predicted) foreground for volumes."""
     if not _is_segmentation(context):
         return None
-    from meddx.report.html import ReportSection, img_tag
+    from meddx.report.page import ReportSection, img_tag
 
     y_true, y_pred, images = context["y_true"], context["y_pred"], context["images"]
     ids = context.get("ids") or [str(i) for i in range(len(y_true))]

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
+from meddx.kinds import MULTI_LABEL
 from meddx.tasks.base import EvalRequest
-
-MULTI_LABEL = "multi-label, binary-class"
 
 
 class ClassificationTask:
@@ -32,7 +31,7 @@ class ClassificationTask:
 
     def __init__(self, kind: str, num_classes: int, class_weights: torch.Tensor | None = None,
                  label_smoothing: float = 0.0) -> None:
-        from meddx.data.dataset import TASKS
+        from meddx.kinds import KINDS as TASKS
 
         if kind not in TASKS:
             raise MeddxError(f"unknown classification type {kind!r}; expected one of {', '.join(TASKS)}")

@@ -14,7 +14,6 @@ centre is ``i``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,14 @@ import torch.nn.functional as F
 
 from meddx.data.augment import AugmentPolicy, Normalization
 from meddx.data.dataset import Split
+from meddx.data.detection_augment import augment
 from meddx.errors import MeddxError
+from meddx.metrics.detection import cpm_bootstrap, nodule_reference
+from meddx.report.detection import draw_boxes_png
 from meddx.tasks.base import EvalRequest
 
 GAUSS_ALPHA = 0.54  # TTFNet's heat-map spread: sigma = alpha * size / 6
 MIN_SIGMA = 0.4  # grid cells, so that tiny objects still get a peak with some support
-ZOOM = (0.75, 1.33)  # 2D scale augmentation range
-MIN_VISIBLE = 0.35  # a box cropped by augmentation is kept when at least this share of it stays visible
 
 
 def to_grid_order(boxes: torch.Tensor, dims: int) -> torch.Tensor:
@@ -323,87 +323,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(pos_loss + neg_loss) / pos.sum().clamp_min(1)
 
 
-def augment(raw: torch.Tensor, targets: list[dict[str, torch.Tensor]], generator: torch.Generator | None,
-            zoom: bool = True) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Random flips along every axis (+ zoom/translate and intensity jitter in 2D), boxes transformed with them.
-
-    Raw (un-normalised) float images in; areas uncovered by zooming out get the image's mean value.
-    """
-    n, d = raw.shape[0], raw.ndim - 2
-    spatial = torch.tensor(raw.shape[2:], dtype=torch.float32)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator)
-
-    flips = rand(n, d) < 0.5
-    scale = torch.exp(rand(n) * (math.log(ZOOM[1]) - math.log(ZOOM[0])) + math.log(ZOOM[0])) if zoom \
-        else torch.ones(n)
-    # translation of the zoomed image, in pixels, so that it still covers the centre region
-    shift = (rand(n, d) * 2 - 1) * spatial * 0.5 * (scale[:, None] - 1).abs() if zoom else torch.zeros(n, d)
-    # output coordinate o (grid order, pixels) samples input i = (o - c - shift) / scale + c, mirrored when flipped
-    centre = spatial / 2
-    theta = torch.zeros(n, d, d + 1)
-    for a in range(d):
-        sign = torch.where(flips[:, a], -1.0, 1.0)
-        col = d - 1 - a  # affine_grid's axis order is (x, y[, z]): reversed grid order
-        theta[:, col, col] = sign / scale
-        theta[:, col, d] = -shift[:, a] / scale / centre[a]
-    dev = raw.device
-    if zoom or flips.any():
-        grid = F.affine_grid(theta.to(dev), list(raw.shape), align_corners=False)
-        mean = raw.mean(dim=tuple(range(2, raw.ndim)), keepdim=True)
-        raw = F.grid_sample(raw - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
-    if zoom:  # brightness / contrast jitter (+-10 %)
-        gain = (1 + (rand(n) * 0.2 - 0.1)).view(-1, *[1] * (d + 1)).to(dev)
-        bias = ((rand(n) * 0.2 - 0.1) * 255 * 0.5).view(-1, *[1] * (d + 1)).to(dev)
-        raw = (raw * gain + bias).clamp(0, 255)
-    out = []
-    for k, t in enumerate(targets):
-        boxes = t["boxes"]
-        if len(boxes) == 0:
-            out.append(t)
-            continue
-        lo, hi = boxes[:, :d].cpu(), boxes[:, d:].cpu()
-        new_lo, new_hi = [], []
-        for a in range(d):
-            s, sh, c = scale[k], shift[k, a], centre[a]
-            f_lo, f_hi = (lo[:, a] - c) * s + c + sh, (hi[:, a] - c) * s + c + sh
-            if flips[k, a]:
-                f_lo, f_hi = spatial[a] - f_hi, spatial[a] - f_lo
-            new_lo.append(f_lo)
-            new_hi.append(f_hi)
-        nb = torch.cat([torch.stack(new_lo, 1), torch.stack(new_hi, 1)], 1)
-        full = (nb[:, d:] - nb[:, :d]).prod(1)
-        clipped = torch.cat([torch.maximum(nb[:, :d], torch.zeros(d)), torch.minimum(nb[:, d:], spatial)], 1)
-        visible = (clipped[:, d:] - clipped[:, :d]).clamp_min(0).prod(1)
-        keep = (visible >= MIN_VISIBLE * full) & ((clipped[:, d:] - clipped[:, :d]) >= 1).all(1)
-        out.append({"boxes": clipped[keep].to(dev), "labels": t["labels"][keep.to(t["labels"].device)]})
-    return raw, out
-
-
-def nodule_reference(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """FROC reference of one scan: the given centres/diameters, else box centres and mean box side."""
-    if "centres" in t:
-        return {"centres": t["centres"], "diameters": t["diameters"]}
-    boxes = np.asarray(t["boxes"], np.float32).reshape(-1, 6)
-    return {"centres": (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5, "diameters": (boxes[:, 3:] - boxes[:, :3]).mean(1)}
-
-
-def cpm_bootstrap(dets: list[dict[str, np.ndarray]], refs: list[dict[str, np.ndarray]], n_bootstrap: int = 1000,
-                  seed: int = 0) -> list[float]:
-    """95% percentile-bootstrap interval of CPM over scans (as the LUNA16 evaluation does)."""
-    from meddx.metrics.detection import froc
-
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_bootstrap):
-        pick = rng.integers(0, len(refs), len(refs))
-        m = froc([dets[i] for i in pick], [refs[i] for i in pick])
-        if m["n_nodules"]:
-            values.append(m["cpm"])
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else [math.nan] * 2
-
-
 def detection_record(image_id: str | None, det: dict[str, np.ndarray], class_names: list[str]) -> dict[str, Any]:
     """JSON-ready detections of one image (boxes rounded to 0.1 px)."""
     rec: dict[str, Any] = {} if image_id is None else {"id": image_id}
@@ -412,29 +331,6 @@ def detection_record(image_id: str | None, det: dict[str, np.ndarray], class_nam
         | ({"centre": [round(float(v), 2) for v in det["centres"][i]]} if "centres" in det else {})
         for i, (b, s, c) in enumerate(zip(det["boxes"], det["scores"], det["labels"]))]
     return rec
-
-
-def draw_boxes_png(path: Path, image: torch.Tensor, det: dict[str, np.ndarray], class_names: list[str]) -> Path:
-    """Write ``image`` (C, H, W uint8) with labelled boxes as a PNG (atomically)."""
-    from PIL import Image, ImageDraw
-
-    from meddx.utils.io import atomic_path
-
-    arr = image.numpy()
-    arr = np.repeat(arr, 3, 0) if arr.shape[0] == 1 else arr
-    im = Image.fromarray(np.moveaxis(arr.astype(np.uint8), 0, -1))
-    draw = ImageDraw.Draw(im)
-    for b, s, c in zip(det["boxes"], det["scores"], det["labels"]):
-        colour = BOX_COLOURS[int(c) % len(BOX_COLOURS)]
-        draw.rectangle([float(v) for v in b], outline=colour, width=2)
-        draw.text((float(b[0]) + 2, float(b[1]) + 1), f"{class_names[int(c)]} {s:.2f}", fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
-    return path
-
-
-BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4"]
 
 
 def headline(m: dict[str, Any]) -> str:

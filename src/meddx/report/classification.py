@@ -1,178 +1,67 @@
-"""One self-contained HTML evaluation report: inline CSS, images as base64 data URIs, no scripts or links.
+"""The classification evaluation report: one self-contained HTML page (inline CSS, images as base64 data URIs,
+no scripts or links) with headline metrics, per-class table, confusion matrix, ROC curves, calibration,
+training curves and a glossary. Segmentation and detection runs get the same page with their own sections
+(:mod:`meddx.report.segmentation`, :mod:`meddx.report.detection`) instead of the classification ones.
 
-Every user-supplied string (titles, class names, run info) is escaped with ``html.escape``. Extra content
-from other capabilities (saliency maps, segmentation overlays, ...) comes in as :class:`ReportSection`, whose
-``html`` is trusted, already-rendered markup; build images for it with :func:`img_tag`.
+Shared building blocks (layout, escaping, formatting, :class:`~meddx.report.page.ReportSection`) are in
+:mod:`meddx.report.page`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from meddx.kinds import BINARY, MULTI_LABEL
 from meddx.report import plots
+from meddx.report.page import (
+    ReportSection,
+    bar_cell,
+    ci_text,
+    footer,
+    header,
+    history_section,
+    img_tag,
+    num,
+    page,
+    val,
+)
 from meddx.utils.io import write_text_atomic
-
-TASK_NAMES = {
-    "binary-class": "Binary classification",
-    "multi-class": "Multi-class classification",
-    "multi-label, binary-class": "Multi-label classification",
-    "ordinal-regression": "Ordinal grading (scored as classification)",
-}
-
-
-@dataclass
-class ReportSection:
-    """A titled block of already-rendered HTML (trusted: it is inserted as is)."""
-
-    title: str
-    html: str
-
-
-def img_tag(png_bytes: bytes, alt: str, width: int | None = None) -> str:
-    """An ``<img>`` embedding PNG bytes as a base64 data URI; ``width`` in CSS pixels (shrinks to fit)."""
-    w = f' width="{int(width)}"' if width else ""
-    src = f"data:image/png;base64,{plots.png_to_base64(png_bytes)}"
-    return f'<img src="{src}" alt="{escape(alt)}"{w} class="fig">'
-
-
-# --- small formatting helpers -------------------------------------------------------------------------------
-
-
-def _val(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _num(x: Any, nd: int = 3) -> str:
-    v = _val(x)
-    return "—" if v is None else f"{v:.{nd}f}"
-
-
-def _ci_text(ci: Any, level: float) -> str:
-    if not ci or len(ci) != 2 or _val(ci[0]) is None or _val(ci[1]) is None:
-        return ""
-    return f"({level:.0%} CI {_num(ci[0])}–{_num(ci[1])})"
-
-
-def _find(info: Mapping[str, Any], *keys: str) -> Any:
-    """First value under any of ``keys``, searching nested dicts breadth-first."""
-    queue: list[Mapping[str, Any]] = [info]
-    while queue:
-        d = queue.pop(0)
-        for k in keys:
-            if k in d and d[k] not in (None, "", {}):
-                v = d[k]
-                if isinstance(v, Mapping):
-                    v = v.get("name") or v.get("arch") or v.get("id") or json.dumps(v, default=str)
-                return v
-        queue.extend(v for v in d.values() if isinstance(v, Mapping))
-    return None
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            rows.extend(_flatten(v, key + "."))
-        else:
-            rows.append((key, v))
-    return rows
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, str):
-        text = v
-    elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) or x is None for x in v):
-        text = ", ".join(str(x) for x in v)
-    elif isinstance(v, float):
-        text = f"{v:.6g}"
-    else:
-        text = json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else str(v)
-    if len(text) > 300:
-        text = text[:297] + "…"
-    return escape(text)
-
-
-def _bar_cell(x: Any) -> str:
-    v = _val(x)
-    if v is None:
-        return '<td class="num na">—</td>'
-    pct = max(0.0, min(1.0, v)) * 100
-    return (
-        f'<td class="num" style="background:linear-gradient(90deg,#dcebf7 {pct:.1f}%,transparent '
-        f'{pct:.1f}%)">'
-        f"{v:.3f}</td>"
-    )
-
-
-# --- sections ----------------------------------------------------------------------------------------------
-
-
-def _header(title: str, run_info: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    task = _find(run_info, "task") or metrics.get("task", "")
-    date = _find(run_info, "date", "datetime", "timestamp", "created")
-    date = date or datetime.now().strftime("%Y-%m-%d %H:%M")
-    n = metrics.get("n") if metrics.get("n") is not None else _find(run_info, "n", "n_samples")
-    split = _find(run_info, "split")
-    items = [
-        ("Dataset", _find(run_info, "dataset", "data_flag", "data")),
-        ("Model", _find(run_info, "model", "arch", "architecture", "model_name")),
-        ("Task", TASK_NAMES.get(str(task), task)),
-        ("Date", date),
-        ("Test images" if not split else f"Images ({split})", f"{int(n):,}" if _val(n) is not None else n),
-    ]
-    meta = "".join(
-        f'<div class="meta-item"><span class="meta-k">{escape(k)}</span>'
-        f'<span class="meta-v">{_show(v) if v not in (None, "") else "—"}</span></div>'
-        for k, v in items
-    )
-    return f'<header><h1>{escape(title)}</h1><div class="meta">{meta}</div></header>'
 
 
 def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
     task = metrics.get("task", "")
     n = int(metrics.get("n") or 0)
     level = float(metrics.get("ci_level", 0.95))
-    acc, auc = _val(metrics.get("acc")), _val(metrics.get("auc"))
-    acc_line = f"ACC {_num(acc)} {_ci_text(metrics.get('acc_ci'), level)}".strip()
-    auc_line = f"AUC {_num(auc)} {_ci_text(metrics.get('auc_ci'), level)}".strip()
+    acc, auc = val(metrics.get("acc")), val(metrics.get("auc"))
+    acc_line = f"ACC {num(acc)} {ci_text(metrics.get('acc_ci'), level)}".strip()
+    auc_line = f"AUC {num(auc)} {ci_text(metrics.get('auc_ci'), level)}".strip()
 
     if acc is None:
         acc_text = "Accuracy could not be computed."
-    elif task == "multi-label, binary-class":
+    elif task == MULTI_LABEL:
         acc_text = (
             f"Averaged over the {len(class_names)} findings, each finding was called correctly (present or "
             f"absent) for {acc:.1%} of the {n:,} test images."
         )
     else:
         thr = metrics.get("threshold", 0.5)
-        at = f" at a probability threshold of {thr:g}" if task == "binary-class" else ""
+        at = f" at a probability threshold of {thr:g}" if task == BINARY else ""
         acc_text = (
             f"The model's prediction matched the true label for {round(acc * n):,} of {n:,} test images "
             f"({acc:.1%}){at}."
         )
     if auc is None:
         auc_text = "AUC could not be computed (the test set needs images with and without each class)."
-    elif task == "binary-class" and class_names:
+    elif task == BINARY and class_names:
         pos = escape(str(class_names[-1]))
         auc_text = (
             f"Given one test image that is <em>{pos}</em> and one that is not, the model scores the "
             f"<em>{pos}</em> image higher {auc:.0%} of the time (0.5 = coin toss, 1.0 = perfect)."
         )
-    elif task == "multi-label, binary-class":
+    elif task == MULTI_LABEL:
         auc_text = (
             "Averaged over findings, each present vs absent: how well the model ranks images with a finding "
             "above images without it, at any threshold (0.5 = coin toss, 1.0 = perfect)."
@@ -212,7 +101,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     rows = metrics.get("per_class") or []
     if not rows:
         return ""
-    multilabel = metrics.get("task") == "multi-label, binary-class"
+    multilabel = metrics.get("task") == MULTI_LABEL
     cols = [
         ("sensitivity", "Sensitivity"),
         ("specificity", "Specificity"),
@@ -229,16 +118,16 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     )
     body = []
     for r in rows:
-        cells = "".join(_bar_cell(r.get(k)) for k, _ in cols)
+        cells = "".join(bar_cell(r.get(k)) for k, _ in cols)
         name, support_n = escape(str(r.get("name", ""))), int(r.get("support", 0))
         body.append(f"<tr><td>{name}</td><td class='num'>{support_n:,}</td>{cells}</tr>")
     macro = metrics.get("macro") or {}
     if macro:
         mac = {"sensitivity": macro.get("recall"), **macro}
         cells = "".join(
-            f"<td class='num'>{_num(mac.get(k))}</td>"
+            f"<td class='num'>{num(mac.get(k))}</td>"
             if k != "auc"
-            else f"<td class='num'>{_num(metrics.get('auc'))}</td>"
+            else f"<td class='num'>{num(metrics.get('auc'))}</td>"
             for k, _ in cols
         )
         total = sum(int(r.get("support", 0)) for r in rows)
@@ -249,7 +138,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     names = [str(r.get("name", "")) for r in rows]
     if multilabel:
         rule = f"a finding counts as present when its probability is above {thr:g}"
-    elif metrics.get("task") == "binary-class" and names:
+    elif metrics.get("task") == BINARY and names:
         rule = f"an image is called <em>{escape(names[-1])}</em> when its probability is above {thr:g}"
     else:
         rule = "each image is assigned the class with the highest probability"
@@ -267,7 +156,7 @@ def _confusion_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -
     cm = metrics.get("confusion")
     if not cm:
         return ""
-    if metrics.get("task") == "multi-label, binary-class":
+    if metrics.get("task") == MULTI_LABEL:
         rows = "".join(
             f"<tr><td>{escape(str(name))}</td>"
             + "".join(f"<td class='num'>{int(v):,}</td>" for v in (m[1][1], m[1][0], m[0][1], m[0][0]))
@@ -301,7 +190,7 @@ def _roc_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
             "needs images both with and without a class.</p></section>"
         )
     extra = ""
-    if metrics.get("task") == "binary-class" and class_names:
+    if metrics.get("task") == BINARY and class_names:
         extra = f" The curve is for the positive class, <em>{escape(str(class_names[-1]))}</em>."
     return (
         '<section id="roc"><h2>ROC curves</h2>'
@@ -322,7 +211,7 @@ _ECE_WORDS = [
 
 def calibration_sentence(metrics: Mapping[str, Any]) -> str:
     """One plain-language sentence about the ECE and the direction of miscalibration."""
-    ece = _val(metrics.get("ece"))
+    ece = val(metrics.get("ece"))
     if ece is None:
         return "Calibration could not be computed."
     rel = metrics.get("reliability") or {}
@@ -363,7 +252,7 @@ def _calibration_section(metrics: Mapping[str, Any]) -> str:
     rel = metrics.get("reliability")
     fig = ""
     if rel and rel.get("count"):
-        png = plots.plot_reliability(rel, _val(metrics.get("ece")))
+        png = plots.plot_reliability(rel, val(metrics.get("ece")))
         fig = f"<figure>{img_tag(png, 'Reliability diagram', 520)}</figure>"
     return (
         '<section id="calibration"><h2>Calibration</h2>'
@@ -371,20 +260,6 @@ def _calibration_section(metrics: Mapping[str, Any]) -> str:
         "model says 80%, it is right about 80% of the time. Bars below the dashed line mean "
         "over-confidence; bars above it, under-confidence. The grey bars underneath show how many "
         f"predictions fall in each probability range.</p>{fig}</section>"
-    )
-
-
-def _history_section(history: Sequence[Mapping[str, Any]] | None) -> str:
-    if not history:
-        return ""
-    png = plots.plot_training_curves(list(history))
-    if png is None:
-        return ""
-    return (
-        '<section id="training"><h2>Training curves</h2>'
-        "<p class='note'>Loss and validation metrics per epoch. A validation loss that rises while the "
-        "training loss keeps falling suggests over-fitting.</p>"
-        f"<figure>{img_tag(png, 'Training curves', 900)}</figure></section>"
     )
 
 
@@ -438,67 +313,6 @@ def _how_to_read() -> str:
     )
 
 
-def _footer(run_info: Mapping[str, Any]) -> str:
-    try:
-        from importlib.metadata import version
-
-        ver = version("meddx")
-    except Exception:  # not installed (e.g. run from a source tree)
-        ver = "dev"
-    rows = "".join(f"<tr><th>{escape(k)}</th><td>{_show(v)}</td></tr>" for k, v in _flatten(run_info))
-    table = f"<div class='table-wrap'><table class='config'>{rows}</table></div>" if rows else ""
-    made = datetime.now().strftime("%Y-%m-%d %H:%M")
-    return (
-        f'<footer id="run-info"><h2>Run information</h2>{table}'
-        f"<p class='note'>Generated by meddx {escape(ver)} on {made}.</p></footer>"
-    )
-
-
-_CSS = """
-:root{--fg:#1b1e23;--muted:#5b6270;--line:#e3e6ea;--bg:#f5f7fa;--accent:#1f5f99}
-*{box-sizing:border-box}
-body{margin:0;background:#fff;color:var(--fg);font:15px/1.55 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",
-Arial,sans-serif}
-main{max-width:1040px;margin:0 auto;padding:28px 28px 40px}
-header{border-bottom:3px solid var(--accent);padding-bottom:14px;margin-bottom:8px}
-h1{font-size:26px;margin:0 0 12px;font-weight:650}
-h2{font-size:19px;margin:0 0 10px;color:var(--accent);font-weight:650}
-section,footer{padding:18px 0;border-bottom:1px solid var(--line)}
-footer{border-bottom:0}
-.meta{display:flex;flex-wrap:wrap;gap:8px 28px}
-.meta-item{display:flex;flex-direction:column}
-.meta-k{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.meta-v{font-weight:600}
-.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:16px}
-.kpi{background:var(--bg);border:1px solid var(--line);border-left:5px solid var(--accent);border-radius:8px;
-padding:14px 18px}
-.kpi-label{font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.kpi-value{font-size:24px;font-weight:700;margin:4px 0 6px;font-variant-numeric:tabular-nums}
-.kpi p{margin:0;color:#333a44}
-.note{color:var(--muted);font-size:13.5px;margin:6px 0 10px}
-.lead{font-size:16px;font-weight:500;margin:4px 0 8px}
-.table-wrap{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-thead th{background:var(--bg);font-size:12.5px;color:var(--muted);font-weight:600;
-border-bottom:2px solid var(--line)}
-.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.na{color:#a0a6b0}
-tr.macro td{font-weight:600;background:var(--bg)}
-table.config th{width:32%;font-weight:500;color:var(--muted);
-font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
-table.config td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;
-word-break:break-word}
-figure{margin:8px 0 0;text-align:center}
-img.fig{max-width:100%;height:auto}
-.glossary dl{display:grid;grid-template-columns:minmax(180px,260px) 1fr;gap:6px 18px;margin:0 0 8px}
-.glossary dt{font-weight:600}
-.glossary dd{margin:0;color:#333a44}
-.extra img{max-width:100%;height:auto}
-@media print{main{padding:0}section,figure,table{break-inside:avoid}}
-"""
-
-
 def render_report(
     *,
     title: str,
@@ -517,23 +331,19 @@ def render_report(
     classification = "acc" in metrics or "auc" in metrics  # segmentation/detection bring their own sections
     body = "".join(
         [
-            _header(title, run_info, metrics),
+            header(title, run_info, metrics),
             _headline(metrics, names) if classification else "",
             _per_class_table(metrics) if classification else "",
             _confusion_section(metrics, names),
             _roc_section(metrics, names),
             _calibration_section(metrics),
-            _history_section(history),
+            history_section(history),
             extra,
             _how_to_read(),
-            _footer(run_info),
+            footer(run_info),
         ]
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>{body}</main></body></html>\n"
-    )
+    return page(title, body)
 
 
 def write_report(path: str | Path, **kwargs: Any) -> Path:
