@@ -21,6 +21,7 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     from meddx.data import sources
 
