@@ -23,6 +23,19 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def require_module(name: str):
+    """``pytest.importorskip(name)``, except that MEDDX_REQUIRE_SHARED=1 (CI) turns the skip into a failure:
+    a missing optional extra must not silently skip a whole test module there."""
+    if os.environ.get("MEDDX_REQUIRE_SHARED") == "1":
+        import importlib
+
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.fail(f"{name} is not installed ({exc}); MEDDX_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
+    return pytest.importorskip(name)
+
+
 def write_fake_medmnist(
     path: Path,
     n: tuple[int, int, int] = (60, 20, 20),

@@ -26,9 +26,10 @@ from meddx.explain.faithfulness import (
 )
 from meddx.explain.methods import METHODS, explain, get_method, hook_count, list_methods, resolve_layer
 from meddx.models import create_model, get_model_spec, list_models
+from tests.conftest import require_module
 
-pytest.importorskip("pytorch_grad_cam")
-pytest.importorskip("captum")
+require_module("pytorch_grad_cam")  # skip without the explain extra; fail under MEDDX_REQUIRE_SHARED=1
+require_module("captum")
 
 runner = CliRunner()
 
