@@ -234,6 +234,11 @@ def test_qat_keeps_its_calibrated_start_when_the_fine_tune_only_hurts(trained_ru
 def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
     r = invoke("compress", trained_run, "--method", "distil")
     assert r.exit_code == 2 and "unknown compression method 'distil'" in r.output
+    # options are checked before anything is loaded: a missing run is not even opened
+    r = invoke("compress", tmp_path / "nowhere", "--method", "prune", "--amount", "1.5")
+    assert r.exit_code == 2 and "--amount must be between 0 and 1 (exclusive), got 1.5" in r.output
+    r = invoke("compress", tmp_path / "nowhere", "--method", "ptq", "--calibration", "median")
+    assert r.exit_code == 2 and "--calibration must be one of minmax, percentile, entropy" in r.output
     r = invoke("compress", trained_run, "--method", "ptq", "--calibration-samples", "0")
     assert r.exit_code == 2 and "needs calibration images" in r.output
     r = invoke("predict", tmp_path, tmp_path / "x.png", "--runtime", "tflite")

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from meddx.engine import fit as fit_module
+from meddx.engine import loop as loop_module
 from meddx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
 from meddx.engine.config import TrainConfig, auto_epochs
 from meddx.engine.fit import fit
-from meddx.errors import MeddxError
+from meddx.errors import Interrupted, MeddxError
 from meddx.models import create_model
 
 
@@ -69,7 +70,7 @@ def test_run_folder_contents_and_reproducibility(tmp_path, fake_npz):
 
 def test_resume_after_crash_matches_uninterrupted(tmp_path, fake_npz, monkeypatch):
     full = fit(_cfg(tmp_path, fake_npz, name="full", epochs=4, augment="auto", ema_decay=0.9))
-    real = fit_module.train_one_epoch
+    real = loop_module.train_one_epoch
     calls = {"n": 0}
 
     def crashing(*args, **kwargs):
@@ -78,10 +79,10 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path, fake_npz, monkeypatc
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "train_one_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(loop_module, "train_one_epoch", crashing)
+    with pytest.raises(Interrupted, match="epoch 2 is saved in"):
         fit(_cfg(tmp_path, fake_npz, name="crash", epochs=4, augment="auto", ema_decay=0.9))
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    monkeypatch.setattr(loop_module, "train_one_epoch", real)
     crashed = fit_module.RunDir.open(tmp_path / "runs" / "crash")
     assert len(crashed.read_history()) == 2
     resumed = fit(TrainConfig(), resume=crashed.path)
@@ -119,13 +120,13 @@ def test_model_checkpoint_follows_select(tmp_path, fake_npz):
 def test_time_budget_shortens_schedule_and_finishes_decay(tmp_path, fake_npz, monkeypatch):
     clock = {"t": 0.0}
     monkeypatch.setattr(fit_module.time, "time", lambda: clock["t"])
-    real = fit_module.train_one_epoch
+    real = loop_module.train_one_epoch
 
     def slow_epoch(*a, **k):
         clock["t"] += 60.0  # every epoch "takes" a minute
         return real(*a, **k)
 
-    monkeypatch.setattr(fit_module, "train_one_epoch", slow_epoch)
+    monkeypatch.setattr(loop_module, "train_one_epoch", slow_epoch)
     run = fit(_cfg(tmp_path, fake_npz, name="budget", epochs=20, max_minutes=4))
     hist = run.read_history()
     assert len(hist) == 4

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from meddx.cli import app
 from meddx.engine import fit as fit_module
+from meddx.engine import loop as loop_module
 
 runner = CliRunner()
 
@@ -48,12 +49,11 @@ def test_keyboard_interrupt_exits_130(tmp_path, monkeypatch, fake_npz):
 
     monkeypatch.setattr(fit_module, "fit", interrupted)
     r = invoke("train", "--data", fake_npz, "--model", "seednet", "--out", tmp_path, "--epochs", "1")
-    assert r.exit_code == 130
-    assert "interrupted" in r.output and "--resume" in r.output
+    assert r.exit_code == 130 and "interrupted" in r.output
 
 
 def test_interrupt_then_resume_finishes_the_run(tmp_path, monkeypatch, fake_npz):
-    real = fit_module.train_one_epoch
+    real = loop_module.train_one_epoch
     calls = {"n": 0}
 
     def ctrl_c_in_second_epoch(*args, **kwargs):
@@ -62,14 +62,15 @@ def test_interrupt_then_resume_finishes_the_run(tmp_path, monkeypatch, fake_npz)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "train_one_epoch", ctrl_c_in_second_epoch)
+    monkeypatch.setattr(loop_module, "train_one_epoch", ctrl_c_in_second_epoch)
     r = invoke("train", "--data", fake_npz, "--model", "seednet", "--epochs", "3", "--batch-size", "16",
                "--augment", "none", "--out", tmp_path, "--name", "r")
     assert r.exit_code == 130, r.output
     run = tmp_path / "r"
+    assert f"epoch 1 is saved in {run / 'last.safetensors'}" in r.output and f"--resume {run}" in r.output
     assert [json.loads(x)["epoch"] for x in (run / "history.jsonl").read_text().splitlines()] == [0]
     assert not (run / "metrics.json").exists()
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    monkeypatch.setattr(loop_module, "train_one_epoch", real)
     r = invoke("train", "--resume", run)
     assert r.exit_code == 0, r.output
     hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
@@ -82,8 +83,28 @@ def test_interrupt_then_resume_finishes_the_run(tmp_path, monkeypatch, fake_npz)
 
 @pytest.mark.parametrize("args,message", [
     (("train", "--resume", "{tmp}/nowhere"), "not a meddx run folder"),
-    (("evaluate", "{tmp}", "--split", "holdout"), "not a meddx run folder"),
+    (("evaluate", "{tmp}"), "not a meddx run folder"),
+    (("evaluate", "{tmp}", "--split", "holdout"), "split must be train, val or test"),  # options before files
+    (("evaluate", "{tmp}", "--bootstrap", "-5"), "bootstrap resamples must be >= 0, got -5"),
 ])
 def test_resume_and_evaluate_of_a_missing_run(tmp_path, args, message):
     r = invoke(*[a.format(tmp=tmp_path) for a in args])
     assert r.exit_code == 2 and message in r.output
+
+
+def test_interrupt_in_the_first_epoch_says_nothing_is_saved_and_resume_restarts(tmp_path, monkeypatch, fake_npz):
+    real = loop_module.train_one_epoch
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop_module, "train_one_epoch", ctrl_c)
+    r = invoke("train", "--data", fake_npz, "--model", "seednet", "--epochs", "2", "--batch-size", "16",
+               "--augment", "none", "--out", tmp_path, "--name", "r")
+    run = tmp_path / "r"
+    assert r.exit_code == 130 and "no checkpoint was saved" in r.output and "--resume" in r.output
+    assert not (run / "last.safetensors").exists()
+    monkeypatch.setattr(loop_module, "train_one_epoch", real)
+    r = invoke("train", "--resume", run, "--no-evaluate")
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["epoch"] for x in (run / "history.jsonl").read_text().splitlines()] == [0, 1]

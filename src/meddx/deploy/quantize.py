@@ -39,6 +39,7 @@ import torch.nn.utils.parametrize as parametrize
 from meddx.errors import MeddxError
 from meddx.utils.io import atomic_path
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # ORT CalibrationMethod MinMax, Percentile, Entropy
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,10 @@ from meddx.data import DataBundle, load_data
 from meddx.data.augment import POLICIES, Normalization
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from meddx.engine.config import TrainConfig, augment_policy, auto_epochs, batch_size_for
-from meddx.engine.loop import train_one_epoch
+from meddx.engine.loop import EpochSettings, run_epoch
 from meddx.engine.progress import EpochProgress
 from meddx.engine.run import RunDir
-from meddx.errors import MeddxError
+from meddx.errors import Interrupted, MeddxError
 from meddx.models import DEFAULT_MODEL, create_model, get_model_spec, load_pretrained
 from meddx.tasks import task_for_training
 from meddx.utils.runtime import pick_device, seed_everything
@@ -73,15 +74,47 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, tas
     }
 
 
+@dataclass
+class Training:
+    """What the epoch loop works on, built once per ``fit`` call (fresh, or restored from ``last``)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: torch.optim.swa_utils.AveragedModel | None
+    norm: Normalization
+    policy: Any
+    device: torch.device
+    steps: int  # optimiser steps per epoch
+    epochs: int  # planned epochs (a time budget may lower it)
+
+
+@dataclass
+class Progress:
+    """Where the run stands: next epoch, best monitored value, epochs since it improved, the history rows."""
+
+    start_epoch: int = 0
+    best: float = -math.inf
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, row: dict[str, Any], score: float) -> bool:
+        """Append ``row``; True when ``score`` beats the best so far (NaN never does)."""
+        self.history.append(row)
+        improved = not math.isnan(score) and score > self.best
+        self.best, self.stale = (score, 0) if improved else (self.best, self.stale + 1)
+        return improved
+
+
 def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | None = None,
         console: Any = None) -> RunDir:
-    """Train according to ``cfg`` (or continue the run folder ``resume``); return the run folder."""
-    if resume is not None:
-        run = RunDir.open(resume)
-        cfg = TrainConfig.load(run.config)
-    else:
-        cfg.validate()
-        run = None
+    """Train according to ``cfg`` (or continue the run folder ``resume``); return the run folder.
+
+    Ctrl-C raises :class:`meddx.errors.Interrupted` naming the checkpoint that exists (or saying none does).
+    """
+    run, cfg = (RunDir.open(resume), None) if resume is not None else (None, cfg)
+    cfg = cfg or TrainConfig.load(run.config)
+    cfg.validate()
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
@@ -89,17 +122,30 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     if cfg.model == DEFAULT_MODEL and task.default_model:  # e.g. detection: a detector
         cfg.model = task.default_model
     cfg.batch_size = batch_size_for(cfg, task)  # stored resolved in config.json, so a resume uses the same number
-    norm = Normalization.fit(data.train.images)
+    restart = run is None or not run.last.is_file()  # a run interrupted before its first checkpoint starts over
+    training = build_training(cfg, data, task, device, pretrained=restart)
+    if restart:
+        run = start_run(run, cfg, data, training)
+        progress = Progress()
+    else:
+        progress = restore_training(run, training, task.monitor)
+    try:
+        train_epochs(run, cfg, data, task, training, progress, console)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupt_message(run)) from None
+    return run
+
+
+def build_training(cfg: TrainConfig, data: DataBundle, task: Any, device: torch.device,
+                   pretrained: bool = True) -> Training:
+    """Model (with ``cfg.pretrained`` weights when ``pretrained``), optimiser, schedule, EMA and augmentation."""
     policy = augment_policy(cfg, data.modality)
     if cfg.augment not in ("auto", "none") and policy is None:
         raise MeddxError(f"unknown augmentation policy {cfg.augment!r}; available: auto, {', '.join(POLICIES)}")
     epochs = cfg.epochs or auto_epochs(len(data.train))
-    patience = cfg.patience or math.inf
-
-    spec = get_model_spec(cfg.model)
     model = create_model(cfg.model, data.in_channels, task.num_outputs, data.image_size[0], data.spatial_dims)
-    if cfg.pretrained and resume is None:
-        load_pretrained(model, cfg.pretrained, spec.head)
+    if cfg.pretrained and pretrained:
+        load_pretrained(model, cfg.pretrained, get_model_spec(cfg.model).head)
     model.to(device)
     steps = max(1, len(data.train) // cfg.batch_size)
     optimizer, scheduler = build_optimizer(cfg, model, steps, epochs)
@@ -107,86 +153,119 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     if cfg.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    return Training(model, optimizer, scheduler, ema, Normalization.fit(data.train.images), policy, device,
+                    steps, epochs)
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 0, -math.inf
+
+def start_run(run: RunDir | None, cfg: TrainConfig, data: DataBundle, training: Training) -> RunDir:
+    """A new run folder (or the given one, started over) with ``config.json`` and ``data.json``."""
     if run is None:
         run = RunDir.create(cfg.out, cfg.name, f"{data.name}-{cfg.model}")
-        run.write_json(run.config, cfg.to_dict())
-        run.write_json(run.data, data.summary() | {"normalization": norm.to_dict(),
-                                                   "augmentation": policy.to_dict() if policy else None,
-                                                   "epochs": epochs})
-    else:
-        tensors, meta, state = read_checkpoint(run.last)
-        live = {k[len("live."):]: v for k, v in tensors.items() if k.startswith("live.")}
-        model.load_state_dict(live or model_state(tensors))
-        restore_optimizer(optimizer, tensors, state)
-        extra = state["extra"]
-        scheduler.load_state_dict(extra["scheduler"])
-        epochs = int(scheduler.lr_lambdas[0].total // steps)  # a time budget may have shortened the schedule
-        if ema is not None:
-            ema.module.load_state_dict(model_state(tensors))
-            ema.n_averaged.fill_(int(extra.get("ema_n", 0)))
-        start_epoch, best = meta["epoch"] + 1, extra["best"]
-        history = [r for r in run.read_history() if r["epoch"] < start_epoch]
-        if start_epoch >= epochs:
-            raise MeddxError(f"run already finished all {epochs} epochs; nothing to resume", run.path)
+    run.write_json(run.config, cfg.to_dict())
+    run.write_json(run.data, data.summary() | {"normalization": training.norm.to_dict(),
+                                               "augmentation": training.policy.to_dict() if training.policy else None,
+                                               "epochs": training.epochs})
+    run.write_history([])
+    return run
 
-    writer = _tensorboard(run.path) if cfg.tensorboard else None
-    t0, stale = time.time(), 0
+
+def restore_training(run: RunDir, training: Training, monitor: str) -> Progress:
+    """Load weights, optimiser, schedule and EMA from ``last``; the history up to it."""
+    tensors, meta, state = read_checkpoint(run.last)
+    live = {k[len("live."):]: v for k, v in tensors.items() if k.startswith("live.")}
+    training.model.load_state_dict(live or model_state(tensors))
+    restore_optimizer(training.optimizer, tensors, state)
+    extra = state["extra"]
+    training.scheduler.load_state_dict(extra["scheduler"])
+    # a time budget may have shortened the schedule
+    training.epochs = int(training.scheduler.lr_lambdas[0].total // training.steps)
+    if training.ema is not None:
+        training.ema.module.load_state_dict(model_state(tensors))
+        training.ema.n_averaged.fill_(int(extra.get("ema_n", 0)))
+    start = meta["epoch"] + 1
+    if start >= training.epochs:
+        raise MeddxError(f"run already finished all {training.epochs} epochs; nothing to resume", run.path)
+    history = [r for r in run.read_history() if r["epoch"] < start]
+    stale = 0
     if history:
-        best_epoch = max(history, key=lambda r: r.get(f"val_{task.monitor}", -math.inf))["epoch"]
+        best_epoch = max(history, key=lambda r: r.get(f"val_{monitor}", -math.inf))["epoch"]
         stale = history[-1]["epoch"] - best_epoch
-    with EpochProgress(epochs, steps, enabled=cfg.progress, console=console) as bar:
-        epoch = start_epoch - 1
-        while epoch + 1 < epochs:
-            epoch += 1
+    return Progress(start, extra["best"], stale, history)
+
+
+def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: Training,
+                 progress: Progress, console: Any = None) -> None:
+    """The loop: one epoch, its checkpoints and history row, early stopping and the time budget."""
+    writer = _tensorboard(run.path) if cfg.tensorboard else None
+    patience = cfg.patience or math.inf
+    t0, start = time.time(), progress.start_epoch
+    with EpochProgress(training.epochs, training.steps, enabled=cfg.progress, console=console) as bar:
+        settings = EpochSettings(training.norm, cfg.batch_size, cfg.eval_batch_size, training.device,
+                                 training.policy, cfg.amp, bar.step, training.ema)
+        epoch = start
+        while epoch < training.epochs:
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: identical after a resume
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             bar.start_epoch(epoch)
-            tic = time.time()
-            stats = train_one_epoch(model, data.train, task, optimizer, scheduler, norm, batch_size=cfg.batch_size,
-                                    device=device, policy=policy, generator=gen, amp=cfg.amp,
-                                    on_step=bar.step, ema=ema)
-            eval_model = ema.module if ema is not None else model
-            val = task.validate(eval_model, data.val, norm, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp)
-            row = {"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items()},
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - tic, 3)}
-            history.append(row)
-            score = val[task.monitor]
-            improved = not math.isnan(score) and score > best
-            if improved:
-                best, stale = score, 0
-            else:
-                stale += 1
-            meta = checkpoint_meta(cfg, data, norm, data.task, epoch, score)
-            if improved:
-                save_checkpoint(run.best, eval_model, meta)
-            # last.safetensors: "model.*" is the evaluation model (the EMA when used), "live.*" the raw weights
-            live = {f"live.{k}": v for k, v in model.state_dict().items()} if ema is not None else {}
-            save_checkpoint(run.last, eval_model, meta, optimizer,
-                            {"scheduler": scheduler.state_dict(), "best": best,
-                             "ema_n": int(ema.n_averaged) if ema is not None else 0}, live)
-            run.write_history(history)
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch" and isinstance(v, float):
-                        writer.add_scalar(k, v, epoch)
+            row = {"epoch": epoch, **run_epoch(training.model, task, (data.train, data.val), training.optimizer,
+                                               training.scheduler, settings, gen)}
+            score = row[f"val_{task.monitor}"]
+            improved = progress.record(row, score)
+            save_epoch(run, cfg, data, training, progress, improved, score)
+            _log_scalars(writer, row)
             bar.end_epoch(row, task.monitor, improved)
-            if stale >= patience:
+            if progress.stale >= patience:
                 bar.note(f"early stop: no {task.monitor} gain on validation for {patience} epochs")
                 break
             if cfg.max_minutes:
-                fits = _epochs_within_budget(cfg.max_minutes * 60, time.time() - t0, epoch + 1 - start_epoch,
-                                             start_epoch, epochs)
-                if fits < epochs:
-                    epochs = fits
-                    scheduler.lr_lambdas[0].total = steps * epochs  # finish the decay inside the budget
-                    bar.set_epochs(epochs)
-                    bar.note(f"time budget of {cfg.max_minutes} min: schedule shortened to {epochs} epochs")
+                apply_time_budget(cfg.max_minutes * 60, time.time() - t0, epoch + 1 - start, training, bar, start)
+            epoch += 1
     if writer is not None:
         writer.close()
-    return run
+
+
+def save_epoch(run: RunDir, cfg: TrainConfig, data: DataBundle, training: Training, progress: Progress,
+               improved: bool, score: float) -> None:
+    """``best`` when the monitored metric improved, ``last`` always (with optimiser state), the history."""
+    row = progress.history[-1]
+    eval_model = training.ema.module if training.ema is not None else training.model
+    meta = checkpoint_meta(cfg, data, training.norm, data.task, row["epoch"], score)
+    if improved:
+        save_checkpoint(run.best, eval_model, meta)
+    # last.safetensors: "model.*" is the evaluation model (the EMA when used), "live.*" the raw weights
+    live = {f"live.{k}": v for k, v in training.model.state_dict().items()} if training.ema is not None else {}
+    ema_n = int(training.ema.n_averaged) if training.ema is not None else 0
+    save_checkpoint(run.last, eval_model, meta, training.optimizer,
+                    {"scheduler": training.scheduler.state_dict(), "best": progress.best, "ema_n": ema_n}, live)
+    run.write_history(progress.history)
+
+
+def apply_time_budget(budget_s: float, elapsed_s: float, done: int, training: Training, bar: Any,
+                      start: int) -> None:
+    """Shorten the schedule to the epochs that fit in the budget; the learning-rate decay still completes."""
+    fits = _epochs_within_budget(budget_s, elapsed_s, done, start, training.epochs)
+    if fits < training.epochs:
+        training.epochs = fits
+        training.scheduler.lr_lambdas[0].total = training.steps * fits
+        bar.set_epochs(fits)
+        bar.note(f"time budget of {budget_s / 60:g} min: schedule shortened to {fits} epochs")
+
+
+def interrupt_message(run: RunDir) -> str:
+    """What Ctrl-C leaves behind, truthfully: the checkpoint that exists, or that none does."""
+    history = run.read_history()
+    if run.last.is_file() and history:
+        return (f"interrupted; epoch {history[-1]['epoch'] + 1} is saved in {run.last} "
+                f"(continue with --resume {run.path})")
+    return (f"interrupted before the first epoch ended; no checkpoint was saved (--resume {run.path} "
+            "starts the run over)")
+
+
+def _log_scalars(writer: Any, row: dict[str, Any]) -> None:
+    if writer is not None:
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, float):
+                writer.add_scalar(k, v, row["epoch"])
 
 
 def _epochs_within_budget(budget_s: float, elapsed_s: float, done: int, start: int, planned: int) -> int:

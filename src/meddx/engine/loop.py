@@ -8,7 +8,10 @@ loss (``task.training_loss(model, x, y)``), so classification, segmentation and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,7 +21,7 @@ from meddx.data.dataset import Split
 from meddx.models.inference import autocast_for, batches, predict
 from meddx.tasks import Task
 
-__all__ = ["autocast_for", "batches", "predict", "train_one_epoch"]
+__all__ = ["EpochSettings", "autocast_for", "batches", "predict", "run_epoch", "train_one_epoch"]
 
 
 def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch.optim.Optimizer,
@@ -47,3 +50,39 @@ def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch
         if on_step is not None:
             on_step(step, value)
     return {"train_loss": total / max(count, 1)}
+
+
+@dataclass
+class EpochSettings:
+    """How one epoch trains and validates: preprocessing, batch sizes, device, augmentation, progress, EMA."""
+
+    norm: Normalization
+    batch_size: int
+    eval_batch_size: int
+    device: torch.device
+    policy: AugmentPolicy | None = None
+    amp: bool = False
+    on_step: Callable[[int, float], None] | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+
+def run_epoch(model: nn.Module, task: Task, splits: tuple[Split, Split], optimizer: torch.optim.Optimizer,
+              scheduler: Any, settings: EpochSettings, generator: torch.Generator,
+              after_train: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train one epoch on ``splits[0]``, run ``after_train`` (e.g. BatchNorm re-estimation), validate on
+    ``splits[1]`` (the EMA model when there is one); the history row without its epoch number.
+
+    The one epoch runner of :func:`meddx.engine.fit.fit` and of compression fine-tunes.
+    """
+    train, val = splits
+    tic = time.time()
+    stats = train_one_epoch(model, train, task, optimizer, scheduler, settings.norm, batch_size=settings.batch_size,
+                            device=settings.device, policy=settings.policy, generator=generator, amp=settings.amp,
+                            on_step=settings.on_step, ema=settings.ema)
+    if after_train is not None:
+        after_train()
+    eval_model = settings.ema.module if settings.ema is not None else model
+    metrics = task.validate(eval_model, val, settings.norm, device=settings.device,
+                            batch_size=settings.eval_batch_size, amp=settings.amp)
+    return {**stats, **{f"val_{k}": v for k, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.time() - tic, 3)}
