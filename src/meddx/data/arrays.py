@@ -82,8 +82,12 @@ def read_npz(path: Path) -> Pixels:
 
 def read_nifti(path: Path) -> Pixels:
     """A 2D NIfTI (or one with a single slice) as ``(1, H, W)``, a 3D one as ``(1, D, H, W)``, (z, y, x) order."""
+    import logging
+
     import nibabel as nib
 
+    log = logging.getLogger("nibabel.global")  # logs header repairs ("sizeof_hdr should be 348") to stderr
+    was_disabled, log.disabled = log.disabled, True
     try:
         img = nib.load(str(path))
         check_pixel_count(img.shape or (0,), path, "NIfTI image")
@@ -92,6 +96,8 @@ def read_nifti(path: Path) -> Pixels:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt / truncated files
         raise MeddxError(f"not a readable NIfTI file ({first_line(exc, 100)})", path) from None
+    finally:
+        log.disabled = was_disabled
     while data.ndim > 2 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):

@@ -46,8 +46,11 @@ def read_header(path: Path) -> Any:
 
 def _geometry(ds: Any, path: Path) -> tuple[int, int, int, int]:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        what = ds.get("Modality") or ds.get("SOPClassUID", "unknown")
-        raise MeddxError(f"DICOM file holds no pixel data (modality/class {what})", path)
+        what = ds.get("Modality") or ds.get("SOPClassUID")
+        if what is None:
+            raise MeddxError("not a DICOM image (no pixel data and no identifying elements: truncated, damaged or "
+                             "not DICOM)", path)
+        raise MeddxError(f"DICOM file holds no pixel data (modality/class {what}: not an image object)", path)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames") or 1)
@@ -62,6 +65,8 @@ def _check_decoder(ds: Any, path: Path) -> None:
     from pydicom.pixels import get_decoder
 
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and not ts.is_transfer_syntax:
+        raise MeddxError(f"DICOM transfer syntax {ts} is unknown to pydicom; it cannot be decoded", path)
     if ts is None or not ts.is_compressed:
         return
     try:
