@@ -126,6 +126,8 @@ def load_input(path: str | Path, meta: dict[str, Any], said: set[str] | None = N
 
         px = read_pixels(path, expected.mapping)
     tensor, notices = conform(px, expected)
+    if meta.get("task", "classification") != "classification":  # segmentation/detection map outputs back to
+        notices = [n for n in notices if n.kind != "resize"]    # the original size: resizing is their pipeline
     said = set() if said is None else said
     for n in notices:
         if n.kind not in said:
