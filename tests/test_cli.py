@@ -40,7 +40,7 @@ def test_train_evaluate_report_predict(phantom_run, tmp_path):
     np.save(npy, np.full((48, 48), 90.0, np.float32))  # resized to the model's 32 px
     r = invoke("predict", phantom_run, img, npy, "--json")
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output)
+    res = json.loads(r.stdout)
     assert [x["label"] for x in res][0] in ("no nodule", "nodule")
     assert abs(sum(res[0]["probabilities"].values()) - 1) < 1e-5
     assert res[0]["probabilities"] == res[1]["probabilities"]  # same content, same answer
@@ -101,7 +101,7 @@ def test_predict_jpeg_and_tensorboard_logging(phantom_run, tmp_path, fake_npz):
     jpg = tmp_path / "slice.jpg"
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(jpg, quality=90)
     r = invoke("predict", phantom_run, jpg, "--json")
-    assert r.exit_code == 0 and json.loads(r.output)[0]["file"].endswith("slice.jpg")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["file"].endswith("slice.jpg")
     r = invoke("train", "--data", fake_npz, "--model", "seednet", "--epochs", "1", "--out", tmp_path, "--name", "tb",
                "--tensorboard", "--no-evaluate")
     assert r.exit_code == 0, r.output

@@ -1,17 +1,27 @@
-"""Image folders (one subfolder per class) and CSV manifests (``path,label[,split]``)."""
+"""Image folders (one subfolder per class) and CSV manifests (``path,label[,split]``).
+
+Class folders may hold PNG/JPEG/TIFF/BMP and DICOM files (``.dcm`` or any name with the ``DICM`` marker, e.g.
+``CT.1.2.840...``); every file goes through :func:`meddx.data.images.read_pixels` and the input contract, so
+16-bit and DICOM images are mapped to 0..255 as prediction maps them. The intensity mapping used is kept in
+``bundle.extra["intensity_mapping"]`` (one mapping if all files share it, else ``{"kind": "per-file"}``).
+"""
 
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from meddx.data.dataset import DataBundle, Split, stratified_split
-from meddx.data.images import IMAGE_SUFFIXES, read_image, resize_to
+from meddx.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_pixels
 from meddx.errors import MeddxError
 from meddx.kinds import BINARY, MULTI_CLASS
+
+FOLDER_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 
 
 def load_image_folder(root: str | Path, image_size: int = 28, channels: int | None = None,
@@ -23,10 +33,10 @@ def load_image_folder(root: str | Path, image_size: int = 28, channels: int | No
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise MeddxError(f"an image folder needs one subfolder per class (at least 2), found {len(classes)}", root)
-    items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
-             if p.suffix.lower() in IMAGE_SUFFIXES]
+    items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*")) if _is_image_file(p)]
     if not items:
-        raise MeddxError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders", root)
+        raise MeddxError(f"no images ({', '.join(sorted(FOLDER_SUFFIXES))} or DICOM) under the class folders",
+                         root)
     return _bundle(root.name, str(root), items, classes, None, image_size, channels, seed)
 
 
@@ -61,11 +71,7 @@ def load_csv_manifest(path: str | Path, image_size: int = 28, channels: int | No
 
 def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list[str],
             splits: list[str] | None, image_size: int, channels: int | None, seed: int) -> DataBundle:
-    if channels is None:  # greyscale unless any image is colour
-        channels = max(read_image(p).shape[0] for p, _ in items[: min(len(items), 64)])
-        channels = 3 if channels >= 3 else 1
-    images = torch.stack([resize_to(_as_uint8(read_image(p, channels), p), (image_size, image_size))
-                          for p, _ in items])
+    images, mapping = _read_all([p for p, _ in items], image_size, channels)
     labels = torch.tensor([y for _, y in items], dtype=torch.long)
     ids = [str(p) for p, _ in items]
     full = Split(images, labels, ids)
@@ -78,10 +84,34 @@ def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list
             raise MeddxError("the split column must give train, val and test at least one image each", source)
     return DataBundle(name=name, task=BINARY if len(classes) == 2 else MULTI_CLASS,
                       class_names=classes, train=full.subset(tr), val=full.subset(va), test=full.subset(te),
-                      source=source)
+                      source=source, extra={"intensity_mapping": mapping})
 
 
-def _as_uint8(t: torch.Tensor, path: Path) -> torch.Tensor:
-    if t.dtype == torch.uint8:
-        return t
-    raise MeddxError(f"folder/CSV images must be 8-bit PNG/JPEG, got {t.dtype}", path)
+def _is_image_file(p: Path) -> bool:
+    if p.name.startswith(".") or not p.is_file():
+        return False
+    if p.suffix.lower() in FOLDER_SUFFIXES:
+        return True
+    try:  # extension-less DICOM (series files named by their UID)
+        with open(p, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_all(paths: list[Path], image_size: int, channels: int | None) -> tuple[torch.Tensor, dict]:
+    """uint8 (N, C, size, size) images through the input contract, and the intensity mapping they used."""
+    from meddx.data.contract import Expected, conform
+
+    first = [read_pixels(p) for p in paths[:64]]
+    if channels is None:  # greyscale unless any image is colour
+        channels = 3 if max(px.channels for px in first) >= 3 else 1
+    expected = Expected(channels, (image_size, image_size))
+    images, mappings = [], {}
+    for px in itertools.chain(first, (read_pixels(p) for p in paths[64:])):  # decode one file at a time
+        images.append(conform(px, expected)[0])
+        mappings.setdefault(json.dumps(px.mapping, sort_keys=True), px.mapping)
+    if len(mappings) == 1:
+        return torch.stack(images), next(iter(mappings.values()))
+    sources = sorted({str(m.get("source")) for m in mappings.values()})
+    return torch.stack(images), {"kind": "per-file", "source": ",".join(sources)}

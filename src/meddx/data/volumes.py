@@ -52,8 +52,20 @@ def is_volume_path(path: str | Path) -> bool:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    return [f for f in sorted(folder.iterdir()) if f.is_file() and (f.suffix.lower() in (".dcm", "") and
-                                                                    not f.name.startswith("."))]
+    """Files of a folder that are DICOM (``DICM`` marker or ``.dcm`` name), e.g. ``CT.1.2.840...`` series files."""
+    from meddx.data.dicom import looks_like_dicom
+
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            try:
+                with open(f, "rb") as fh:
+                    start = fh.read(132)
+            except OSError:
+                continue
+            if looks_like_dicom(f, start):
+                out.append(f)
+    return out
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -71,11 +83,23 @@ def read_volume(path: str | Path) -> Volume:
             return _from_sitk(sitk.ReadImage(str(p)), p)
         if p.is_dir():
             return _read_dicom_series(p)
+        if name.endswith((".dcm", ".dicom")) or _is_dicom_file(p):
+            from meddx.data.dicom import read_values
+
+            values, spacing = read_values(p)
+            return Volume(values, spacing, str(p))
     except MeddxError:
         raise
     except Exception as exc:  # nibabel / SimpleITK raise many types for corrupt files
         raise MeddxError(f"not a readable volume ({str(exc).splitlines()[0][:200]})", p) from None
-    raise MeddxError(f"unsupported volume file (expected {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)", p)
+    raise MeddxError(f"unsupported volume file (expected {', '.join(VOLUME_SUFFIXES)}, a multi-frame DICOM file "
+                     "or a DICOM series folder)", p)
+
+
+def _is_dicom_file(p: Path) -> bool:
+    from meddx.data.pixels import head
+
+    return p.is_file() and head(p)[128:132] == b"DICM"
 
 
 def _read_nifti(p: Path) -> Volume:
@@ -182,24 +206,26 @@ def read_pair(image_path: str | Path, label_path: str | Path,
     return image, label
 
 
+def read_volume_pixels(path: str | Path):
+    """A (C, D, H, W) :class:`~meddx.data.pixels.Pixels` of raw values from a (D, H, W) or (C, D, H, W)
+    ``.npy`` array or any :func:`read_volume` input (NIfTI, NRRD/MHA, DICOM series folder, multi-frame DICOM)."""
+    from meddx.data.arrays import NONE, load_npy
+    from meddx.data.pixels import Pixels, check_file
+
+    p = Path(path)
+    if p.suffix.lower() != ".npy":
+        return Pixels(np.ascontiguousarray(read_volume(p).array)[None], dict(NONE), "volume", str(p))
+    arr = load_npy(check_file(p))
+    if arr.ndim not in (3, 4):
+        raise MeddxError(f"expected a (D, H, W) or (C, D, H, W) volume, got {arr.dtype} {arr.shape}", p)
+    return Pixels(np.ascontiguousarray(arr if arr.ndim == 4 else arr[None]), dict(NONE), "npy", str(p))
+
+
 def read_volume_tensor(path: str | Path) -> torch.Tensor:
     """A (C, D, H, W) tensor from a (D, H, W) or (C, D, H, W) ``.npy`` array or any :func:`read_volume` file."""
     import torch
 
-    p = Path(path)
-    if p.suffix.lower() != ".npy":
-        return torch.from_numpy(np.ascontiguousarray(read_volume(p).array))[None]
-    if not p.is_file():
-        raise MeddxError("file not found", p)
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise MeddxError(f"not a readable .npy array ({exc})", p) from None
-    if arr.dtype.kind not in "uif" or arr.ndim not in (3, 4):
-        raise MeddxError(f"expected a (D, H, W) or (C, D, H, W) volume, got {arr.dtype} {arr.shape}", p)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise MeddxError("array contains NaN or infinite values", p)
-    return torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 4 else arr[None]))
+    return torch.from_numpy(read_volume_pixels(path).array)
 
 
 def prepare_intensities(array: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddx.data.images import read_image, resize_to
 from meddx.errors import MeddxError
 from meddx.runtimes import open_runtime
 from meddx.tasks import task_from_meta
@@ -35,6 +34,7 @@ class Predictor:
         self.meta: dict[str, Any] = self.runtime.meta
         self.classes: list[str] = self.meta["classes"]
         self.task = task_from_meta(self.meta)
+        self._notices: set[str] = set()
         if self.runtime.name != "torch" and not self.task.is_classifier:
             raise MeddxError(f"runtime {self.runtime.name} serves classification runs; this is a "
                              f"{self.task.name} run (use --runtime torch)", source)
@@ -52,30 +52,10 @@ class Predictor:
         return self.runtime
 
     def load_image(self, path: str | Path) -> torch.Tensor:
-        """Read and resize one file to the checkpoint's input (channels, size, dtype range)."""
-        meta = self.meta
-        if len(meta["image_shape"]) == 3:  # volumes: (D, H, W) or (C, D, H, W) .npy, NIfTI, NRRD, DICOM folder
-            from meddx.data.volumes import read_volume_tensor
+        """Read one file and conform it to the checkpoint's input (meddx.data.contract); notices once each."""
+        from meddx.data.contract import load_input
 
-            img = read_volume_tensor(path)
-        else:
-            img = read_image(path, channels=meta["in_channels"])
-        if img.shape[0] != meta["in_channels"]:
-            raise MeddxError(f"has {img.shape[0]} channels, the model expects {meta['in_channels']}", path)
-        shape = tuple(meta["image_shape"])
-        if img.ndim - 1 != len(shape):
-            raise MeddxError(f"is {img.ndim - 1}D but the model expects {len(shape)}D inputs", path)
-        if meta["input_dtype"] == "uint8" and img.dtype != torch.uint8:
-            if img.is_floating_point() and (img.min() < 0 or img.max() > 255):
-                raise MeddxError(f"values {float(img.min()):.3g}..{float(img.max()):.3g} are outside the model's "
-                                 "8-bit input range 0..255", path)
-            img = img.round().clamp(0, 255).to(torch.uint8) if img.is_floating_point() else img.clamp(0, 255).to(
-                torch.uint8)
-        if len(shape) == 2:
-            img = resize_to(img, shape)
-        elif tuple(img.shape[1:]) != shape:
-            raise MeddxError(f"volume of shape {tuple(img.shape[1:])}, the model expects {shape}", path)
-        return img
+        return load_input(path, self.meta, self._notices)
 
     def predict_tensor(self, images: torch.Tensor) -> np.ndarray:
         """Class probabilities for a batch of raw images (the checkpoint's stored dtype and range)."""
