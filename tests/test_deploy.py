@@ -21,7 +21,7 @@ from tests.conftest import write_fake_medmnist
 runner = CliRunner()
 META = {"model": "resnet18_slim", "in_channels": 1, "image_shape": [28, 28], "input_size": 28, "spatial_dims": 2,
         "normalization": {"scale": 1 / 255, "mean": [0.3], "std": [0.2]}, "task": "classification",
-        "task_kind": "binary-class", "input_dtype": "uint8", "num_outputs": 2, "classes": ["a", "b"]}
+        "kind": "binary-class", "input_dtype": "uint8", "num_outputs": 2, "classes": ["a", "b"]}
 
 
 def invoke(*args):

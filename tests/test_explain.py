@@ -270,7 +270,7 @@ def _fake_run(path, spatial=(32, 32), model="resnet18_slim", classes=("no nodule
     (path / "config.json").write_text(json.dumps(cfg.to_dict()))
     torch.manual_seed(0)
     net = create_model(model, 1, len(classes), spatial[0], dims)
-    meta = {"format": 1, "model": model, "task": "classification", "task_kind": "binary-class",
+    meta = {"format": 2, "model": model, "task": "classification", "kind": "binary-class",
             "classes": list(classes), "num_outputs": len(classes), "in_channels": 1, "input_size": spatial[0],
             "image_shape": list(spatial), "spatial_dims": dims,
             "normalization": Normalization(1 / 255, [0.4], [0.25]).to_dict(), "modality": "ct",
@@ -347,7 +347,7 @@ def _context(model, model_name, n=40, k=3, size=28, seed=0):
     split = Split(imgs, labels)
     data = DataBundle("fake", "multi-class", [f"c{i}" for i in range(k)], split, split, split)
     y_score = rng.dirichlet(np.ones(k), n).astype(np.float32)
-    meta = {"model": model_name, "task_kind": "multi-class",
+    meta = {"model": model_name, "kind": "multi-class",
             "normalization": Normalization(1 / 255, [0.5], [0.25]).to_dict()}
     return {"model": model, "meta": meta, "split": "test", "data": data, "y_true": labels.numpy(),
             "y_score": y_score}

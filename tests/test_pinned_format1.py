@@ -46,8 +46,17 @@ def old_run(tmp_path, monkeypatch):
 def test_checked_in_folder_is_format1():
     files = sorted(p.name for p in (DATA / "format1_run").iterdir())
     assert files == ["best.safetensors", "config.json", "data.json", "history.jsonl"]
+    from safetensors import safe_open
+
+    with safe_open(str(DATA / "format1_run" / "best.safetensors"), framework="pt") as f:
+        raw = json.loads(f.metadata()["meddx"])
+    assert raw["format"] == 1 and set(raw) == FORMAT1_KEYS
+    # the reader upgrades it to today's words
     _, meta, _ = read_checkpoint(DATA / "format1_run" / "best.safetensors")
-    assert meta["format"] == 1 and set(meta) == FORMAT1_KEYS
+    assert meta["format"] == 2 and meta["kind"] == raw["task_kind"] and "task_kind" not in meta
+    assert meta["intensity_mapping"] is None
+    assert {k: v for k, v in meta.items() if k not in ("format", "kind", "intensity_mapping")} == {
+        k: v for k, v in raw.items() if k not in ("format", "task_kind")}
     assert sum(p.stat().st_size for p in (DATA / "format1_run").iterdir()) < 300_000
 
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from meddx.data import intensity
-from meddx.data.pixels import Pixels
+from meddx.data.pixels import Notice, Pixels, convert_channels  # noqa: F401  (re-exported)
 from meddx.errors import MeddxError
 
 if TYPE_CHECKING:
     import torch
-
-
-class Notice(NamedTuple):
-    kind: str  # "resize", "channels", "mapping": printed once per kind
-    text: str  # one line, naming the file
 
 
 @dataclass(frozen=True)
@@ -45,22 +40,6 @@ class Expected:
         dtype = str(meta.get("input_dtype") or "uint8")
         return cls(int(meta["in_channels"]), shape, dtype, (0.0, 255.0) if dtype == "uint8" else None,
                    resize=len(shape) == 2, mapping=meta.get("intensity_mapping"))
-
-
-def convert_channels(arr: np.ndarray, channels: int, path: str | Path) -> tuple[np.ndarray, Notice | None]:
-    """Grey -> RGB (repeat) and RGB -> grey (ITU-R 601 luma, as Pillow's ``convert("L")``); else an error."""
-    have = int(arr.shape[0])
-    if have == channels:
-        return arr, None
-    if have == 1 and channels == 3:
-        return np.repeat(arr, 3, axis=0), Notice("channels", f"{path}: grey image repeated to the model's 3 "
-                                                             "channels")
-    if have == 3 and channels == 1:
-        luma = arr[0] * 0.299 + arr[1] * 0.587 + arr[2] * 0.114
-        grey = np.rint(luma).astype(arr.dtype) if arr.dtype.kind in "ui" else luma.astype(arr.dtype)
-        return grey[None], Notice("channels", f"{path}: RGB image converted to greyscale for the model's "
-                                              "1 channel")
-    raise MeddxError(f"has {have} channels, the model expects {channels}", path)
 
 
 def conform(px: Pixels, expected: Expected) -> tuple[torch.Tensor, list[Notice]]:

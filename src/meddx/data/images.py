@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from meddx.data import intensity
-from meddx.data.pixels import Pixels, check_file, check_pixel_count, first_line, head
+from meddx.data.pixels import Pixels, check_file, check_pixel_count, convert_channels, first_line, head
 from meddx.errors import MeddxError
 
 if TYPE_CHECKING:
@@ -126,8 +126,6 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     ``channels`` converts greyscale/RGB (1 or 3); ``None`` keeps what the file has.
     """
     import torch
-
-    from meddx.data.contract import convert_channels
 
     px = read_pixels(path)
     arr = px.array

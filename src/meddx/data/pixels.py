@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -87,3 +87,24 @@ def head(path: Path, n: int = 132) -> bytes:
 def first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()
     return (text[0][:limit] if text else "") or exc.__class__.__name__
+
+
+class Notice(NamedTuple):
+    kind: str  # "resize", "channels", "mapping": printed once per kind
+    text: str  # one line, naming the file
+
+
+def convert_channels(arr: np.ndarray, channels: int, path: str | Path) -> tuple[np.ndarray, Notice | None]:
+    """Grey -> RGB (repeat) and RGB -> grey (ITU-R 601 luma, as Pillow's ``convert("L")``); else an error."""
+    have = int(arr.shape[0])
+    if have == channels:
+        return arr, None
+    if have == 1 and channels == 3:
+        return np.repeat(arr, 3, axis=0), Notice("channels", f"{path}: grey image repeated to the model's 3 "
+                                                             "channels")
+    if have == 3 and channels == 1:
+        luma = arr[0] * 0.299 + arr[1] * 0.587 + arr[2] * 0.114
+        grey = np.rint(luma).astype(arr.dtype) if arr.dtype.kind in "ui" else luma.astype(arr.dtype)
+        return grey[None], Notice("channels", f"{path}: RGB image converted to greyscale for the model's "
+                                              "1 channel")
+    raise MeddxError(f"has {have} channels, the model expects {channels}", path)

@@ -59,7 +59,7 @@ def wrap_for_deploy(model: nn.Module, meta: dict[str, Any]) -> DeployWrapper:
     if meta.get("task", "classification") != "classification":
         raise MeddxError(f"ONNX export folds classification probabilities; task {meta.get('task')!r} "
                          "is not supported yet")
-    return DeployWrapper(model.eval(), Normalization(**meta["normalization"]), meta["task_kind"] == MULTI_LABEL)
+    return DeployWrapper(model.eval(), Normalization(**meta["normalization"]), meta["kind"] == MULTI_LABEL)
 
 
 def example_input(meta: dict[str, Any], batch: int = 2, seed: int = 0) -> torch.Tensor:

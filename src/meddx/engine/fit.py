@@ -20,6 +20,7 @@ from meddx.engine.run import RunDir
 from meddx.errors import Interrupted, MeddxError
 from meddx.models import DEFAULT_MODEL, create_model, get_model_spec, load_pretrained
 from meddx.tasks import task_for_training
+from meddx.utils.checkpoints import FORMAT
 from meddx.utils.runtime import pick_device, seed_everything
 
 
@@ -60,17 +61,21 @@ class WarmupSchedule:
         return 0.1 ** sum(t >= m for m in (0.5, 0.75))
 
 
-def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, task_kind: str,
+def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kind: str,
                     epoch: int, metric: float) -> dict[str, Any]:
-    """Everything needed to rebuild the model and preprocess a new image, stored with the weights."""
+    """Everything needed to rebuild the model and preprocess a new image, stored with the weights
+    (format :data:`meddx.utils.checkpoints.FORMAT`; older formats are upgraded when read)."""
     return {
-        "format": 1, "model": cfg.model, "task": cfg.task, "task_kind": task_kind, "classes": data.class_names,
+        "format": FORMAT, "model": cfg.model, "task": cfg.task, "kind": kind, "classes": data.class_names,
         "num_outputs": data.num_classes, "in_channels": data.in_channels, "input_size": data.image_size[0],
         "image_shape": list(data.image_size), "spatial_dims": data.spatial_dims, "normalization": norm.to_dict(),
         "modality": data.modality, "dataset": data.name, "epoch": epoch, "monitor_value": metric,
         "input_dtype": str(data.train.images.dtype).replace("torch.", ""),
         "spacing": data.extra.get("spacing"),  # mm per pixel/voxel where known (segmentation resamples to it)
         "patch": cfg.patch,  # segmentation's sliding-window side (None: the task's default)
+        # how the training files' pixels became the stored values (16-bit range, DICOM window, ...): prediction
+        # applies the same mapping (meddx.data.intensity)
+        "intensity_mapping": data.extra.get("intensity_mapping"),
     }
 
 

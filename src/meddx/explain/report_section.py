@@ -77,7 +77,7 @@ def _render(context: dict[str, Any]) -> str:
     model, meta = context["model"], context["meta"]
     data, split = context["data"], context.get("split", "test")
     classes = list(data.class_names)
-    multilabel = meta.get("task_kind") == MULTI_LABEL
+    multilabel = meta.get("kind") == MULTI_LABEL
     picks = pick_examples(context["y_true"], context["y_score"], multilabel)
     index = sorted({i for _, _, idx, _ in picks for i in idx})
     if not index:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from meddx.errors import MeddxError
+from meddx.utils.checkpoints import upgrade_meta
 
 META_KEY = "meddx"
 
@@ -36,7 +37,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     props = {p.key: p.value for p in proto.metadata_props}
     if META_KEY not in props:
         raise MeddxError("ONNX model has no meddx metadata (not exported by meddx)", path)
-    return json.loads(props[META_KEY])
+    return upgrade_meta(json.loads(props[META_KEY]))
 
 
 def ort_session(path: str | Path, threads: int | None = None, optimized_path: str | Path | None = None):

@@ -47,7 +47,7 @@ class ClassificationTask:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ClassificationTask:
-        return cls(meta["task_kind"], meta["num_outputs"])
+        return cls(meta["kind"], meta["num_outputs"])
 
     @property
     def num_outputs(self) -> int:

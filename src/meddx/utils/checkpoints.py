@@ -18,6 +18,9 @@ from meddx.errors import MeddxError
 from meddx.utils.io import atomic_path
 
 META_KEY = "meddx"
+# Metadata format: 1 (until Dec 2026) named the label structure "task_kind"; 2 calls it "kind", like
+# meddx.kinds, data.json and metrics.json, and records the intensity mapping of the training images.
+FORMAT = 2
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
@@ -60,7 +63,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise MeddxError(f"not a readable safetensors checkpoint ({exc})", path) from None
     if META_KEY not in header:
         raise MeddxError("safetensors file has no meddx metadata (not a meddx checkpoint)", path)
-    return tensors, json.loads(header[META_KEY]), json.loads(header.get("state", "{}"))
+    return tensors, upgrade_meta(json.loads(header[META_KEY])), json.loads(header.get("state", "{}"))
+
+
+def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint metadata of any older format in today's words (format 1: ``task_kind`` -> ``kind``)."""
+    meta = dict(meta)
+    if int(meta.get("format", 1)) < 2:
+        if "task_kind" in meta:
+            meta["kind"] = meta.pop("task_kind")
+        meta.setdefault("intensity_mapping", None)
+        meta["format"] = FORMAT
+    return meta
 
 
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
