@@ -49,7 +49,7 @@ def main() -> None:
     from meddx.data.augment import Normalization
     from meddx.engine.config import TrainConfig
     from meddx.engine.fit import build_optimizer
-    from meddx.engine.loop import train_one_epoch
+    from meddx.engine.loop import EpochSettings, train_one_epoch
     from meddx.models import create_model
     from meddx.tasks import get_task
 
@@ -76,9 +76,9 @@ def main() -> None:
                     mean, std = torch.tensor(norm.mean).view(1, -1, 1, 1), torch.tensor(norm.std).view(1, -1, 1, 1)
                     plain_epoch(model, split.images, split.labels, opt, mean, std, args.batch_size, gen)
                 else:
-                    train_one_epoch(model, split, task, opt, sched, norm, batch_size=args.batch_size,
-                                    device=torch.device("cpu"), policy=None, generator=gen,
-                                    on_step=lambda i, loss: None)
+                    settings = EpochSettings(norm, args.batch_size, args.batch_size, torch.device("cpu"),
+                                             on_step=lambda i, loss: None)
+                    train_one_epoch(model, split, task, opt, sched, settings, gen)
                 if rep > 0:
                     times[kind].append(n / (time.perf_counter() - t))
         plain, ours = statistics.median(times["plain"]), statistics.median(times["meddx"])

@@ -1,7 +1,7 @@
 """CLI behaviour pinned: ``meddx demo``, ``train --resume`` after an interrupt, exit code 130 on Ctrl-C.
 
 Internal names used: ``meddx.data.sources.PHANTOM_SPLITS`` (shrunk so that the demo runs in seconds),
-``meddx.engine.fit.fit`` and ``meddx.engine.fit.train_one_epoch`` (replaced to simulate Ctrl-C).
+``meddx.engine.fit.fit`` and ``meddx.engine.loop.train_one_epoch`` (replaced to simulate Ctrl-C).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ runner (:func:`meddx.engine.loop.run_epoch`), keeping the state with the best va
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,15 +46,31 @@ def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, norm: Normaliza
     model.eval()
 
 
-def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, cfg: TrainConfig, *, epochs: int,
-             lr: float, max_train: int | None = None, seed: int = 0, device: str = "cpu",
-             bn_recalibration: bool = True, optimizer: str = "adamw",
-             keep_start: bool = False) -> list[dict[str, Any]]:
-    """A short AdamW (or SGD with momentum, ``optimizer="sgd"``) + cosine fine-tune with the run's augmentation,
-    BatchNorm statistics re-estimated after each epoch (``bn_recalibration``; off for QAT, whose BatchNorms are
-    folded); keeps the state with the best validation metric, counting the starting state with ``keep_start``
-    (QAT starts from the calibrated int8 model, which a fine-tune must beat). The kept entry of the returned
-    history has ``"kept": True`` (epoch -1: the start)."""
+@dataclass
+class FinetunePlan:
+    """A short AdamW (or SGD with momentum, ``optimizer="sgd"``) + cosine fine-tune: ``epochs`` at ``lr``,
+    at most ``max_train`` training images per epoch; BatchNorm statistics re-estimated after each epoch
+    (``bn_recalibration``; off for QAT, whose BatchNorms are folded); ``keep_start`` counts the starting state
+    as a candidate (QAT starts from the calibrated int8 model, which a fine-tune must beat)."""
+
+    epochs: int
+    lr: float
+    max_train: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    bn_recalibration: bool = True
+    optimizer: str = "adamw"
+    keep_start: bool = False
+
+
+def finetune(model: torch.nn.Module, data: Any, task: Any, norm: Normalization, cfg: TrainConfig,
+             plan: FinetunePlan | None = None, **plan_fields: Any) -> list[dict[str, Any]]:
+    """Fine-tune ``model`` by ``plan`` (or :class:`FinetunePlan` fields as keywords) with the run's augmentation;
+    keeps the state with the best validation metric. The kept entry of the returned history has
+    ``"kept": True`` (epoch -1: the start)."""
+    plan = replace(plan, **plan_fields) if plan is not None else FinetunePlan(**plan_fields)
+    epochs, lr, max_train, seed, device = plan.epochs, plan.lr, plan.max_train, plan.seed, plan.device
+    bn_recalibration, optimizer, keep_start = plan.bn_recalibration, plan.optimizer, plan.keep_start
     if epochs <= 0:
         return []
     policy = augment_policy(cfg, data.modality)

@@ -24,34 +24,6 @@ from meddx.tasks import Task
 __all__ = ["EpochSettings", "autocast_for", "batches", "predict", "run_epoch", "train_one_epoch"]
 
 
-def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, normalize: Normalization,
-                    *, batch_size: int, device: torch.device, policy: AugmentPolicy | None = None,
-                    generator: torch.Generator | None = None, amp: bool = False,
-                    on_step: Callable[[int, float], None] | None = None,
-                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, float]:
-    """One pass over ``split``; returns the mean training loss. ``on_step(i, loss)`` drives progress bars."""
-    model.train()
-    total, count = 0.0, 0
-    for step, idx in enumerate(batches(len(split), batch_size, generator, drop_last=True)):
-        x, y = task.make_batch(split, idx, normalize, device, policy, generator)
-        with autocast_for(device, amp):
-            loss = task.training_loss(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        value = float(loss.detach())
-        total += value * len(idx)
-        count += len(idx)
-        if on_step is not None:
-            on_step(step, value)
-    return {"train_loss": total / max(count, 1)}
-
-
 @dataclass
 class EpochSettings:
     """How one epoch trains and validates: preprocessing, batch sizes, device, augmentation, progress, EMA."""
@@ -66,6 +38,31 @@ class EpochSettings:
     ema: torch.optim.swa_utils.AveragedModel | None = None
 
 
+def train_one_epoch(model: nn.Module, split: Split, task: Task, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, settings: EpochSettings,
+                    generator: torch.Generator | None = None) -> dict[str, float]:
+    """One pass over ``split``; returns the mean training loss. ``settings.on_step(i, loss)`` drives progress."""
+    model.train()
+    total, count = 0.0, 0
+    for step, idx in enumerate(batches(len(split), settings.batch_size, generator, drop_last=True)):
+        x, y = task.make_batch(split, idx, settings.norm, settings.device, settings.policy, generator)
+        with autocast_for(settings.device, settings.amp):
+            loss = task.training_loss(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if settings.ema is not None:
+            settings.ema.update_parameters(model)
+        value = float(loss.detach())
+        total += value * len(idx)
+        count += len(idx)
+        if settings.on_step is not None:
+            settings.on_step(step, value)
+    return {"train_loss": total / max(count, 1)}
+
+
 def run_epoch(model: nn.Module, task: Task, splits: tuple[Split, Split], optimizer: torch.optim.Optimizer,
               scheduler: Any, settings: EpochSettings, generator: torch.Generator,
               after_train: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -76,9 +73,7 @@ def run_epoch(model: nn.Module, task: Task, splits: tuple[Split, Split], optimiz
     """
     train, val = splits
     tic = time.time()
-    stats = train_one_epoch(model, train, task, optimizer, scheduler, settings.norm, batch_size=settings.batch_size,
-                            device=settings.device, policy=settings.policy, generator=generator, amp=settings.amp,
-                            on_step=settings.on_step, ema=settings.ema)
+    stats = train_one_epoch(model, train, task, optimizer, scheduler, settings, generator)
     if after_train is not None:
         after_train()
     eval_model = settings.ema.module if settings.ema is not None else model

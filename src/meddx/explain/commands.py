@@ -36,5 +36,6 @@ def explain(
     for item in result["items"]:
         typer.echo(f"{item['file']}: {item['predicted']} (p={item['probability']:.3f}), "
                    f"{spec.label} for {item['target']!r} -> {item['png']}")
+    typer.echo(f"runtime: {result['runtime']} ({', '.join(result['model_files'])})")
     typer.echo(f"gallery: {result['gallery']}")
     typer.echo(f"statistics: {result['json']}")

@@ -13,36 +13,58 @@ from typing import Any
 def explain_files(run: str | Path, images: list[str | Path], *, method: str = "gradcam", target: Any = None,
                   out: str | Path | None = None, layer: str | None = None, device: str = "auto",
                   save_maps: bool = False) -> dict[str, Any]:
-    """Library form of ``meddx explain``: writes PNGs, ``explanations.json`` and ``gallery.html`` under ``out``."""
+    """Library form of ``meddx explain``: writes PNGs, ``explanations.json`` and ``gallery.html`` under ``out``.
+
+    The predicted class and probabilities come from the run's default runtime (int8 for a ptq/qat run, as
+    ``meddx predict`` gives them); the heat maps need gradients and come from the PyTorch model.
+    """
     import numpy as np
     import torch
 
     from meddx.engine.predict import Predictor
     from meddx.errors import MeddxError
     from meddx.explain.methods import explain, get_method, resolve_layer, resolve_target
-    from meddx.explain.overlay import gallery_html, map_stats, overlay_png, volume_strip_png
-    from meddx.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
     spec = get_method(method)
     if not images:
         raise MeddxError("no image files given")
-    predictor = Predictor(run, device=device)
-    meta, classes = predictor.meta, predictor.classes
+    scorer = Predictor(run, device=device, runtime="auto")
+    meta, classes = scorer.meta, scorer.classes
     if meta.get("task", "classification") != "classification":
         raise MeddxError(f"heat-map explanations are for classification runs, this is a {meta['task']} run", run)
+    mapper = scorer if scorer.runtime.name == "torch" else Predictor(run, device=device, runtime="torch")
     k = resolve_target(target, classes)
-    layer_name = resolve_layer(predictor.model, layer, meta["model"])[1] if spec.needs_layer else None
-    raw = torch.stack([predictor.load_image(p) for p in images])
-    probs = predictor.predict_tensor(raw)
+    layer_name = resolve_layer(mapper.model, layer, meta["model"])[1] if spec.needs_layer else None
+    raw = torch.stack([scorer.load_image(p) for p in images])
+    probs = scorer.predict_tensor(raw)
     targets = [int(np.argmax(p)) if k is None else k for p in probs]
-    x = predictor.norm(raw)
-    maps = explain(predictor.model, x, targets, spec.name, layer=layer, model_name=meta["model"])
+    maps = explain(mapper.model, mapper.norm(raw), targets, spec.name, layer=layer, model_name=meta["model"])
+    out_dir = _out_dir(run, out)
+    items, cards = _write_overlays(out_dir, spec, classes, images, (raw, maps, probs, targets))
+    record = {"run": str(run), "model": meta["model"], "method": spec.name, "layer": layer_name,
+              "runtime": scorer.runtime.label, "model_files": [str(f) for f in scorer.files + mapper.files],
+              "map_values": "per image: negative evidence clipped, min-max scaled to [0, 1], input resolution",
+              "items": items}
+    return record | _write_summary(out_dir, record, spec, cards, maps if save_maps else None, images)
 
+
+def _out_dir(run: str | Path, out: str | Path | None) -> Path:
     run_path = Path(run)
     out_dir = Path(out) if out is not None else (run_path if run_path.is_dir() else run_path.parent) / "explanations"
     out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _write_overlays(out_dir: Path, spec: Any, classes: list[str], images: list[str | Path],
+                    arrays: tuple[Any, Any, Any, list[int]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One overlay PNG per image (a strip of slices for volumes); the JSON items and the gallery cards."""
+    import numpy as np
+
+    from meddx.explain.overlay import map_stats, overlay_png, volume_strip_png
+    from meddx.utils.io import atomic_path
+
     items, cards, seen = [], [], set()
-    for path, img, heat, p, t in zip(images, raw, maps, probs, targets):
+    for path, img, heat, p, t in zip(images, *arrays):
         path = Path(path)
         stem = path.stem
         while stem in seen:
@@ -60,16 +82,26 @@ def explain_files(run: str | Path, images: list[str | Path], *, method: str = "g
                       "target_probability": float(p[t]),
                       "probabilities": {c: float(v) for c, v in zip(classes, p)}, "map": map_stats(heat)})
         cards.append({"png": png, "caption": f"{path.name}: {classes[pred]} ({p[pred]:.2f})"})
+    return items, cards
+
+
+def _write_summary(out_dir: Path, record: dict[str, Any], spec: Any, cards: list[dict[str, Any]], maps: Any,
+                   images: list[str | Path]) -> dict[str, str]:
+    """``explanations.json``, ``gallery.html`` and (when ``maps`` is given) ``maps.npz``."""
+    import numpy as np
+
+    from meddx.explain.overlay import gallery_html
+    from meddx.utils.io import atomic_path, write_json_atomic, write_text_atomic
+
     json_path, gallery_path = out_dir / "explanations.json", out_dir / "gallery.html"
-    record = {"run": str(run), "model": meta["model"], "method": spec.name, "layer": layer_name,
-              "map_values": "per image: negative evidence clipped, min-max scaled to [0, 1], input resolution",
-              "items": items}
     write_json_atomic(json_path, record)
-    note = (f"{spec.label} ({spec.summary}); model {meta['model']}" + (f", layer {layer_name}" if layer_name else "")
+    layer = record["layer"]
+    note = (f"{spec.label} ({spec.summary}); model {record['model']}" + (f", layer {layer}" if layer else "")
+            + f"; probabilities from {record['runtime']}"
             + ". Red marks where the method puts the most weight (maps scaled to 0..1 per image).")
     write_text_atomic(gallery_path, gallery_html(cards, f"meddx explanations: {spec.label}", note))
-    if save_maps:
+    if maps is not None:
         with atomic_path(out_dir / "maps.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, maps=maps, files=np.array([str(p) for p in images]))
-    return record | {"json": str(json_path), "gallery": str(gallery_path)}
+    return {"json": str(json_path), "gallery": str(gallery_path)}

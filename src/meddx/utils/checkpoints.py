@@ -69,7 +69,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """Checkpoint metadata of any older format in today's words (format 1: ``task_kind`` -> ``kind``)."""
     meta = dict(meta)
-    if int(meta.get("format", 1)) < 2:
+    if meta.get("format") == 1 or "task_kind" in meta:
         if "task_kind" in meta:
             meta["kind"] = meta.pop("task_kind")
         meta.setdefault("intensity_mapping", None)
