@@ -14,17 +14,23 @@ from meddx.data.phantom.common import (
     _MIN_RADIUS,
     _NOISE_SIGMA,
     _PSF_SIGMA,
-    _REF,
-    AIR_HU,
     BODY_WIDTH_MM,
     _as_fraction,
     _as_int,
     _bbox,
     _count_nodules,
-    _ell2,
     _lung_background,
     _noise_gain,
     _sigmoid,
+)
+from meddx.data.phantom.slice_anatomy import (
+    _bias_field_2d,
+    _body_2d,
+    _bones_2d,
+    _Canvas2D,
+    _Lung2D,
+    _lungs_2d,
+    _mediastinum_2d,
 )
 from meddx.errors import MeddxError
 
@@ -90,6 +96,93 @@ def _vessel_tree_2d(
     return np.concatenate(segs), segs[-1][:, 2:4]
 
 
+def _vessel_blobs_2d(
+    rng: np.random.Generator, c: _Canvas2D, lm: np.ndarray, win: tuple[slice, ...], ends: np.ndarray
+) -> np.ndarray:
+    """Cross-sections of vessels crossing the slice, as zero-length segments (K, 6), some at tree ends."""
+    ys, xs = np.nonzero(lm)
+    n_blob = int(rng.integers(2, 8))
+    pick = rng.integers(0, len(ys), n_blob)
+    by = ys[pick] + win[0].start + rng.uniform(-0.5, 0.5, n_blob)
+    bx = xs[pick] + win[1].start + rng.uniform(-0.5, 0.5, n_blob)
+    n_end = min(len(ends), int(rng.integers(0, 4)))
+    if n_end:
+        sel = rng.choice(len(ends), n_end, replace=False)
+        by = np.concatenate([by, ends[sel, 0]])
+        bx = np.concatenate([bx, ends[sel, 1]])
+    br = np.clip(rng.lognormal(math.log(0.7), 0.3, len(by)), 0.4, 1.5) * c.ps
+    return np.stack([by, bx, by, bx, br, br], axis=1)
+
+
+def _vessels_2d(
+    rng: np.random.Generator, c: _Canvas2D, lung: _Lung2D, win: tuple[slice, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A branching tree from the hilum plus cross-sections; returns (tree segments, profile in ``win``)."""
+    ly, lx = c.Y[win], c.X[win]
+    hy, hx = c.to_px(lung.cu - lung.side * 0.6 * lung.au, lung.cv + rng.uniform(-0.15, 0.15) * lung.av)
+    lateral = 0.0 if lung.side > 0 else math.pi
+    segs, ends = _vessel_tree_2d(rng, hy, hx, lateral, rng.uniform(0.3, 0.5) * lung.av * c.half,
+                                 rng.uniform(0.7, 1.1) * c.ps)
+    vp = _segment_profile_2d(ly, lx, segs, 0.2, _FULL_CONTRAST_RADIUS)
+    blobs = _vessel_blobs_2d(rng, c, lung.mask[win], win, ends)
+    vp = np.maximum(vp, _segment_profile_2d(ly, lx, blobs, 0.4, _FULL_CONTRAST_RADIUS))
+    return segs, vp
+
+
+def _draw_nodule_2d(
+    rng: np.random.Generator,
+    c: _Canvas2D,
+    win: tuple[slice, ...],
+    lm: np.ndarray,
+    placed: tuple[float, float, float],
+    field: np.ndarray,
+    value: np.ndarray,
+) -> np.ndarray:
+    """Draw one lobulated nodule into ``value`` (the window ``win`` of the lung ``lm``) and record it.
+
+    Returns the new ``value``.
+
+    A nodule that would own no pixel (all taken or outside the lung) is dropped.
+    """
+    cy, cx, r = placed
+    ps = c.ps
+    k = len(c.nodules) + 1
+    dy, dx = c.Y[win] - cy, c.X[win] - cx
+    dist = np.sqrt(dy * dy + dx * dx)
+    lob = rng.uniform(0.0, 0.15)
+    lobes = int(rng.integers(3, 7))
+    rad = r * (1.0 + lob * np.cos(lobes * np.arctan2(dy, dx) + rng.uniform(0, 6.3)))
+    ggo = r >= 1.75 * ps and rng.random() < 0.25
+    hu = rng.uniform(-650.0, -350.0) if ggo else rng.uniform(-60.0, 80.0)
+    edge = rng.uniform(0.5, 1.0) * ps if ggo else rng.uniform(0.2, 0.45) * ps
+    sub = c.inst[win]
+    own = (dist <= rad) & lm & (sub == 0)
+    if not own.any():
+        return value
+    value = np.maximum(value, field + (hu - field) * _sigmoid((rad - dist) / edge))
+    sub[own] = k
+    c.nodules.append((float(cy), float(cx), float(2.0 * r)))
+    c.taken.append((cy, cx, r))
+    return value
+
+
+def _fill_lung_2d(rng: np.random.Generator, c: _Canvas2D, lung: _Lung2D, n_here: int, vessel_hu: float) -> None:
+    """Parenchyma, vessels and ``n_here`` nodules of one lung, written into the image."""
+    c.lung_mask |= lung.mask
+    win = _bbox(lung.mask)
+    lm = lung.mask[win]
+    field = _lung_background(rng, c.V[win], lung.cv, lung.av)
+    segs, vp = _vessels_2d(rng, c, lung, win)
+    value = field + (vessel_hu - field) * vp
+    if n_here:
+        edt = ndimage.distance_transform_edt(np.pad(lm, 1))[1:-1, 1:-1]
+        for _ in range(n_here):
+            placed = _place_nodule_2d(rng, edt, segs, win, c.taken, c.ps, must=not c.nodules)
+            if placed is not None:
+                value = _draw_nodule_2d(rng, c, win, lm, placed, field, value)
+    c.img[win][lm] = value[lm]
+
+
 def _slice(
     rng: np.random.Generator,
     size: int,
@@ -97,141 +190,23 @@ def _slice(
     max_nodules: int,
     grid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float, float]]]:
-    """One clean (noise-free, unblurred) slice: image, instance mask, lung mask, nodules (y, x, d)."""
-    Y, X, U, V = grid
-    half, c0, ps = size / 2.0, (size - 1) / 2.0, size / _REF
-    img = np.full((size, size), AIR_HU, np.float32)
-    blocked = np.zeros((size, size), bool)  # where the lungs may not go
+    """One clean (noise-free, unblurred) slice: image, instance mask, lung mask, nodules (y, x, d).
 
-    def to_px(u: float, v: float) -> tuple[float, float]:
-        return v * half + c0, u * half + c0  # (row, col)
-
-    def paint(cu, cv, au, av, value=None, theta=0.0, block=0.0, within=None):
-        """Fill an ellipse (in a local window) with ``value``; block the lungs where rho^2 < ``block``."""
-        reach = max(au, av) * math.sqrt(max(block, 1.0)) + 1.5 / half
-        r0, c_0 = max(int((cv - reach) * half + c0), 0), max(int((cu - reach) * half + c0), 0)
-        w = (slice(r0, min(int((cv + reach) * half + c0) + 2, size)),
-             slice(c_0, min(int((cu + reach) * half + c0) + 2, size)))
-        r2 = _ell2(U[w], V[w], cu, cv, au, av, theta)
-        if value is not None:
-            inside = r2 < 1.0 if within is None else (r2 < 1.0) & within[w]
-            img[w][inside] = value
-        if block:
-            blocked[w] |= r2 < block
-        return w, r2
-
-    # body, fat layer, flat back
-    bcu, bcv = rng.normal(0.0, 0.02), rng.normal(0.03, 0.02)
-    bau, bav = rng.uniform(0.84, 0.95), rng.uniform(0.62, 0.72)
-    back = bcv + 0.9 * bav
-    body = (_ell2(U, V, bcu, bcv, bau, bav) < 1.0) & (V < back)
-    fat = rng.uniform(0.03, 0.08)
-    iau, iav = bau - fat, bav - 0.8 * fat
-    inner2 = _ell2(U, V, bcu, bcv, iau, iav)
-    inner = (inner2 < 1.0) & (V < back - 0.7 * fat)
-    img[body] = rng.uniform(-120.0, -80.0)
-    img[inner] = rng.uniform(30.0, 55.0)
-    blocked |= (inner2 >= 0.86) | (V >= back - 0.12)
-
-    # mediastinum: heart and aorta
-    paint(bcu + rng.uniform(0.05, 0.15), bcv + rng.uniform(-0.12, 0.05), rng.uniform(0.2, 0.28),
-          rng.uniform(0.2, 0.27), rng.uniform(30.0, 60.0), rng.uniform(-0.5, 0.0), block=1.1)
-    ao_r = rng.uniform(0.06, 0.09)
-    paint(bcu + rng.uniform(0.08, 0.15), bcv + 0.55 * bav, ao_r, ao_r, rng.uniform(30.0, 250.0), block=1.3)
-
-    # bone: vertebra (cortical rim, cancellous core), posterior arch with the canal, sternum, ribs
-    sp_v, sp_r = bcv + 0.5 * bav, rng.uniform(0.09, 0.12)
-    w, r2 = paint(bcu, sp_v, sp_r, 0.9 * sp_r, rng.uniform(700.0, 950.0), block=1.3)
-    img[w][r2 < 0.6] = rng.uniform(180.0, 400.0)
-    paint(bcu, sp_v + 1.5 * sp_r, 0.45 * sp_r, 0.45 * sp_r, rng.uniform(400.0, 800.0))
-    paint(bcu, sp_v + 1.5 * sp_r, 0.2 * sp_r, 0.2 * sp_r, 20.0)
-    paint(bcu, bcv - iav + 0.05, 0.09, 0.035, rng.uniform(300.0, 600.0))
-    n_ribs = int(rng.integers(4, 9))
-    rib_ang = rng.uniform(0.15, math.pi - 0.15, n_ribs) * rng.choice([-1.0, 1.0], n_ribs)
-    rib_hu = rng.uniform(400.0, 800.0, n_ribs)
-    for ra, rh in zip(rib_ang.tolist(), rib_hu.tolist(), strict=True):
-        paint(bcu + (iau - 0.04) * math.cos(ra), bcv + (iav - 0.04) * math.sin(ra), 0.045, 0.025, rh,
-              ra + math.pi / 2, block=2.0, within=inner)
-
-    # lungs (two ellipses carved by everything above), then their vessels and nodules
-    lungs = []
-    for side in (-1.0, 1.0):
-        lcu = bcu + side * rng.uniform(0.40, 0.50) * bau / 0.9
-        lcv = bcv + rng.uniform(-0.08, 0.02)
-        lau, lav = rng.uniform(0.25, 0.34), rng.uniform(0.40, 0.50) * bav / 0.67
-        w, r2 = paint(lcu, lcv, lau, lav, theta=side * rng.uniform(0.0, 0.25))
-        lung = np.zeros((size, size), bool)
-        lung[w] = (r2 < 1.0) & ~blocked[w] & (U[w] * side > bcu * side + 0.06)
-        if lung.sum() >= 4:
-            lungs.append((side, lung, lcu, lcv, lau, lav))
-    lung_mask = np.zeros((size, size), bool)
-    inst = np.zeros((size, size), np.uint8)
-    nodules: list[tuple[float, float, float]] = []
-    taken: list[tuple[float, float, float]] = []  # (y, x, r) of placed nodules
+    The draws from ``rng`` happen in this order: body, mediastinum, bone, lungs, nodule count and
+    split, vessel density, then per lung (parenchyma, vessels, nodules), then the bias field.
+    """
+    c = _Canvas2D.new(size, grid)
+    b = _body_2d(rng, c)
+    _mediastinum_2d(rng, c, b)
+    _bones_2d(rng, c, b)
+    lungs = _lungs_2d(rng, c, b)
     n_total = _count_nodules(rng, max_nodules) if positive and lungs else 0
     split = np.bincount(rng.integers(0, max(len(lungs), 1), n_total), minlength=len(lungs)).tolist()
     vessel_hu = rng.uniform(-20.0, 80.0)
-    for (side, lung, lcu, lcv, lau, lav), n_here in zip(lungs, split, strict=True):
-        lung_mask |= lung
-        win = _bbox(lung)
-        ly, lx, lm = Y[win], X[win], lung[win]
-        field = _lung_background(rng, V[win], lcv, lav)
-
-        # vessels: branching tree plus cross-sections of vessels crossing the slice
-        hy, hx = to_px(lcu - side * 0.6 * lau, lcv + rng.uniform(-0.15, 0.15) * lav)
-        lateral = 0.0 if side > 0 else math.pi
-        segs, ends = _vessel_tree_2d(rng, hy, hx, lateral, rng.uniform(0.3, 0.5) * lav * half,
-                                     rng.uniform(0.7, 1.1) * ps)
-        vp = _segment_profile_2d(ly, lx, segs, 0.2, _FULL_CONTRAST_RADIUS)
-        ys, xs = np.nonzero(lm)
-        n_blob = int(rng.integers(2, 8))
-        pick = rng.integers(0, len(ys), n_blob)
-        by = ys[pick] + win[0].start + rng.uniform(-0.5, 0.5, n_blob)
-        bx = xs[pick] + win[1].start + rng.uniform(-0.5, 0.5, n_blob)
-        n_end = min(len(ends), int(rng.integers(0, 4)))
-        if n_end:
-            sel = rng.choice(len(ends), n_end, replace=False)
-            by = np.concatenate([by, ends[sel, 0]])
-            bx = np.concatenate([bx, ends[sel, 1]])
-        br = np.clip(rng.lognormal(math.log(0.7), 0.3, len(by)), 0.4, 1.5) * ps
-        blobs = np.stack([by, bx, by, bx, br, br], axis=1)
-        vp = np.maximum(vp, _segment_profile_2d(ly, lx, blobs, 0.4, _FULL_CONTRAST_RADIUS))
-        value = field + (vessel_hu - field) * vp
-
-        # nodules
-        if n_here:
-            edt = ndimage.distance_transform_edt(np.pad(lm, 1))[1:-1, 1:-1]
-            for _ in range(n_here):
-                placed = _place_nodule_2d(rng, edt, segs, win, taken, ps, must=not nodules)
-                if placed is None:
-                    continue
-                cy, cx, r = placed
-                k = len(nodules) + 1
-                dy, dx = ly - cy, lx - cx
-                dist = np.sqrt(dy * dy + dx * dx)
-                lob = rng.uniform(0.0, 0.15)
-                lobes = int(rng.integers(3, 7))
-                rad = r * (1.0 + lob * np.cos(lobes * np.arctan2(dy, dx) + rng.uniform(0, 6.3)))
-                ggo = r >= 1.75 * ps and rng.random() < 0.25
-                hu = rng.uniform(-650.0, -350.0) if ggo else rng.uniform(-60.0, 80.0)
-                edge = rng.uniform(0.5, 1.0) * ps if ggo else rng.uniform(0.2, 0.45) * ps
-                sub = inst[win]
-                own = (dist <= rad) & lm & (sub == 0)
-                if not own.any():
-                    continue
-                value = np.maximum(value, field + (hu - field) * _sigmoid((rad - dist) / edge))
-                sub[own] = k
-                nodules.append((float(cy), float(cx), float(2.0 * r)))
-                taken.append((cy, cx, r))
-        img[win][lm] = value[lm]
-
-    # smooth low-frequency intensity field inside the body
-    amp = rng.uniform(5.0, 30.0)
-    freq = rng.uniform(0.5, 2.0, (2, 3, 1))
-    phase = rng.uniform(0.0, 2 * math.pi, (2, 3, 1))
-    bias = np.cos(math.pi * freq[0] * V[:, 0] + phase[0]).T @ np.cos(math.pi * freq[1] * U[0] + phase[1])
-    img[body] += (amp / 3.0) * bias[body]
-    return img, inst, lung_mask, nodules
+    for lung, n_here in zip(lungs, split, strict=True):
+        _fill_lung_2d(rng, c, lung, n_here, vessel_hu)
+    _bias_field_2d(rng, c, b.mask)
+    return c.img, c.inst, c.lung_mask, c.nodules
 
 
 def _place_nodule_2d(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -16,8 +17,6 @@ from meddx.data.phantom.common import (
     _MIN_RADIUS_3D,
     _NOISE_SIGMA,
     _PSF_SIGMA,
-    _REF,
-    AIR_HU,
     BODY_WIDTH_MM,
     _as_fraction,
     _as_int,
@@ -26,6 +25,16 @@ from meddx.data.phantom.common import (
     _lung_background,
     _noise_gain,
     _sigmoid,
+)
+from meddx.data.phantom.volume_anatomy import (
+    _bias_field_3d,
+    _body_3d,
+    _Canvas3D,
+    _Lung3D,
+    _lungs_3d,
+    _mediastinum_3d,
+    _ribs_3d,
+    _spine_3d,
 )
 from meddx.errors import MeddxError
 
@@ -51,20 +60,20 @@ class PhantomVolumes:
 
 
 def _tube(
-    z: np.ndarray,
-    y: np.ndarray,
-    x: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
-    r0: float,
-    r1: float,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ends: tuple[np.ndarray, np.ndarray],
+    radii: tuple[float, float],
     edge: float,
     full: float,
 ) -> np.ndarray:
-    """Soft-edged tapered tube profile between points a and b (z, y, x) on an open grid.
+    """Soft-edged tapered tube profile between the points ``ends`` = (a, b) (z, y, x) on an open ``grid``.
 
-    Tubes thinner than ``full`` (radius, voxels) lose contrast in proportion (partial volume).
+    ``radii`` = (r0, r1) are the radii at a and b. Tubes thinner than ``full`` (radius, voxels) lose
+    contrast in proportion (partial volume).
     """
+    z, y, x = grid
+    a, b = ends
+    r0, r1 = radii
     a = [float(v) for v in a]
     d = [float(q) - p for q, p in zip(b, a, strict=True)]
     pz, py, px = z - a[0], y - a[1], x - a[2]
@@ -104,140 +113,139 @@ def _vessel_tree_3d(
     return segs
 
 
+class _Window3D(NamedTuple):
+    """The bounding box of one lung: slices, the lung inside it, its origin and open-grid voxel coordinates."""
+
+    win: tuple[slice, ...]
+    lm: np.ndarray
+    origin: np.ndarray  # (z, y, x) of the window's first voxel, float64
+    gz: np.ndarray  # (d, 1, 1), (1, h, 1), (1, 1, w) voxel coordinates, float32
+    gy: np.ndarray
+    gx: np.ndarray
+
+
+def _lung_window_3d(lung: np.ndarray) -> _Window3D:
+    win = _bbox(lung)
+    origin = np.array([w.start for w in win], np.float64)
+    gz, gy, gx = (np.arange(w.start, w.stop, dtype=np.float32).reshape(
+        [-1 if a == i else 1 for a in range(3)]) for i, w in enumerate(win))
+    return _Window3D(win, lung[win], origin, gz, gy, gx)
+
+
+def _vessels_3d(
+    rng: np.random.Generator, c: _Canvas3D, lung: _Lung3D
+) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """The vessel tree of one lung, growing laterally from a jittered hilum (voxel coordinates)."""
+    hilum = np.array([(lung.cz + rng.uniform(-0.1, 0.1)) * c.hz + c.cz,
+                      (lung.cv + rng.uniform(-0.1, 0.1)) * c.hp + c.cy,
+                      (lung.cu - lung.side * 0.6 * lung.au) * c.hp + c.cx])
+    return _vessel_tree_3d(rng, hilum, np.array([0.0, 0.0, lung.side]), rng.uniform(0.45, 0.65) * lung.av * c.hp,
+                           rng.uniform(1.0, 1.5) * c.ps)
+
+
+def _vessel_profile_3d(segs: list[tuple[np.ndarray, np.ndarray, float, float]], w: _Window3D) -> np.ndarray:
+    """Max of the tube profiles of ``segs`` over the lung window (each tube drawn in its own bounding box)."""
+    vp = np.zeros(w.lm.shape, np.float32)
+    for a, b, r0, r1 in segs:
+        lo = np.maximum(np.floor(np.minimum(a, b) - r0 - 2.0) - w.origin, 0).astype(int)
+        hi = np.minimum(np.ceil(np.maximum(a, b) + r0 + 3.0) - w.origin, w.lm.shape).astype(int)
+        if np.any(hi <= lo):
+            continue
+        sl = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi, strict=True))
+        prof = _tube((w.gz[sl[0]], w.gy[:, sl[1]], w.gx[:, :, sl[2]]), (a, b), (r0, r1), 0.25,
+                     _FULL_CONTRAST_RADIUS)
+        np.maximum(vp[sl], prof, out=vp[sl])
+    return vp
+
+
+def _ellipsoid_3d(
+    rng: np.random.Generator, w: _Window3D, centre: np.ndarray, r: float
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """A randomly shaped and oriented ellipsoid of mean semi-axis ``r``: (its box in the window, rho there)."""
+    axes = r * rng.uniform(0.75, 1.25, 3)
+    axes *= r / axes.mean()
+    rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    ext = float(axes.max()) + 3.0
+    lo = np.maximum(np.floor(centre - ext) - w.origin, 0).astype(int)
+    hi = np.minimum(np.ceil(centre + ext + 1.0) - w.origin, w.lm.shape).astype(int)
+    sl = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi, strict=True))
+    d = (w.gz[sl[0]] - centre[0], w.gy[:, sl[1]] - centre[1], w.gx[:, :, sl[2]] - centre[2])
+    rho2 = sum(((rot[0, j] * d[0] + rot[1, j] * d[1] + rot[2, j] * d[2]) / axes[j]) ** 2
+               for j in range(3))
+    return sl, np.sqrt(rho2)
+
+
+def _draw_nodule_3d(
+    rng: np.random.Generator,
+    c: _Canvas3D,
+    w: _Window3D,
+    placed: tuple[np.ndarray, float],
+    field: np.ndarray,
+    value: np.ndarray,
+) -> None:
+    """Draw one ellipsoidal nodule into ``value`` (the lung window, in place) and record it.
+
+    A nodule that would own no voxel (all taken or outside the lung) is dropped.
+    """
+    centre, r = placed
+    ps = c.ps
+    sl, rho = _ellipsoid_3d(rng, w, centre, r)
+    ggo = r >= 2.0 * ps and rng.random() < 0.25
+    hu = rng.uniform(-650.0, -350.0) if ggo else rng.uniform(-60.0, 80.0)
+    edge = rng.uniform(0.5, 1.0) * ps if ggo else rng.uniform(0.2, 0.45) * ps
+    sub = c.inst[w.win][sl]
+    own = (rho <= 1.0) & w.lm[sl] & (sub == 0)
+    if not own.any():
+        return
+    prof = _sigmoid((1.0 - rho) * r / edge)
+    value[sl] = np.maximum(value[sl], field[sl] + (hu - field[sl]) * prof)
+    sub[own] = len(c.nodules) + 1
+    c.nodules.append((centre.astype(np.float32), float(2.0 * r)))
+    c.taken.append((centre, r))
+
+
+def _fill_lung_3d(rng: np.random.Generator, c: _Canvas3D, lung: _Lung3D, n_here: int, vessel_hu: float) -> None:
+    """Parenchyma, vessels and ``n_here`` nodules of one lung, written into the image."""
+    c.lung_mask |= lung.mask
+    w = _lung_window_3d(lung.mask)
+    field = np.broadcast_to(_lung_background(rng, c.V[:, w.win[1]], lung.cv, lung.av), w.lm.shape)
+    segs = _vessels_3d(rng, c, lung)
+    vp = _vessel_profile_3d(segs, w)
+    value = field + (vessel_hu - field) * vp
+    if n_here:
+        edt = ndimage.distance_transform_edt(np.pad(w.lm, 1))[1:-1, 1:-1, 1:-1]
+        for _ in range(n_here):
+            placed = _place_nodule_3d(rng, edt, segs, w.origin, c.taken, c.ps, must=not c.nodules)
+            if placed is not None:
+                _draw_nodule_3d(rng, c, w, placed, field, value)
+    c.img[w.win][w.lm] = value[w.lm]
+
+
 def _volume(
     rng: np.random.Generator,
     shape: tuple[int, int, int],
     positive: bool,
     max_nodules: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, float]]]:
-    """One clean volume: image, instance mask, lung mask, nodules (centre zyx, diameter)."""
-    D, H, W = shape
-    hz, hp = D / 2.0, min(H, W) / 2.0
-    cz, cy, cx = (D - 1) / 2.0, (H - 1) / 2.0, (W - 1) / 2.0
-    Z = ((np.arange(D, dtype=np.float32) - cz) / hz)[:, None, None]
-    V = ((np.arange(H, dtype=np.float32) - cy) / hp)[None, :, None]
-    U = ((np.arange(W, dtype=np.float32) - cx) / hp)[None, None, :]
-    ps = hp * 2.0 / _REF
-    full = (D, H, W)
+    """One clean volume: image, instance mask, lung mask, nodules (centre zyx, diameter).
 
-    def ell3(c: tuple[float, float, float], a: tuple[float, float, float]) -> np.ndarray:
-        return ((Z - c[0]) / a[0]) ** 2 + ((V - c[1]) / a[1]) ** 2 + ((U - c[2]) / a[2]) ** 2
-
-    img = np.full(full, AIR_HU, np.float32)
-    bcu, bcv = rng.normal(0.0, 0.02), rng.normal(0.03, 0.02)
-    bau = rng.uniform(0.82, 0.92) * (1.0 + 0.05 * Z)  # widening caudally
-    bav = rng.uniform(0.62, 0.70) * (1.0 + 0.04 * Z)
-    back = bcv + 0.9 * bav
-    body = np.broadcast_to((((U - bcu) / bau) ** 2 + ((V - bcv) / bav) ** 2 < 1.0) & (V < back), full)
-    fat = rng.uniform(0.03, 0.08)
-    inner2 = ((U - bcu) / (bau - fat)) ** 2 + ((V - bcv) / (bav - 0.8 * fat)) ** 2
-    inner = np.broadcast_to((inner2 < 1.0) & (V < back - 0.7 * fat), full)
-    img[body] = rng.uniform(-120.0, -80.0)
-    img[inner] = rng.uniform(30.0, 55.0)
-
-    heart2 = ell3((rng.uniform(0.35, 0.6), bcv + rng.uniform(-0.1, 0.05), bcu + rng.uniform(0.05, 0.15)),
-                  (rng.uniform(0.4, 0.55), rng.uniform(0.2, 0.27), rng.uniform(0.22, 0.3)))
-    img[heart2 < 1.0] = rng.uniform(30.0, 60.0)
-    ao_r = rng.uniform(0.06, 0.09)
-    aorta2 = np.broadcast_to(((U - bcu - rng.uniform(0.08, 0.15)) / ao_r) ** 2
-                             + ((V - bcv - 0.55 * 0.66) / ao_r) ** 2, full)
-    img[aorta2 < 1.0] = rng.uniform(30.0, 250.0)
-
-    sp_r = rng.uniform(0.09, 0.12)
-    sp_v = bcv + 0.5 * 0.66
-    spine2 = np.broadcast_to(((U - bcu) / sp_r) ** 2 + ((V - sp_v) / (0.9 * sp_r)) ** 2, full)
-    disc = np.cos(2 * math.pi * Z / 0.17 + rng.uniform(0, 6.3)) > 0.8  # intervertebral discs
-    img[(spine2 < 1.0)] = rng.uniform(700.0, 950.0)
-    img[(spine2 < 0.6)] = rng.uniform(180.0, 400.0)
-    img[(spine2 < 1.0) & disc] = rng.uniform(60.0, 100.0)
-    arch2 = ((U - bcu) / (0.45 * sp_r)) ** 2 + ((V - sp_v - 1.5 * sp_r) / (0.45 * sp_r)) ** 2
-    img[np.broadcast_to(arch2 < 1.0, full)] = rng.uniform(400.0, 800.0)
-    # ribs: slanted bands just inside the body wall
-    band = (inner2 > 0.72) & (inner2 < 0.86)
-    ribs = band & (np.cos(2 * math.pi * (Z + 0.25 * V) / 0.17 + rng.uniform(0, 6.3)) > 0.55) & (V > bcv - 0.5)
-    img[ribs & inner] = rng.uniform(400.0, 800.0)
-
-    allowed = ((inner2 < 0.7) & (V < back - 0.12) & (aorta2 > 1.3) & (spine2 > 1.6) & (heart2 > 1.1))
-    lungs = []
-    for side in (-1.0, 1.0):
-        lcz, lcu = rng.uniform(-0.1, 0.05), bcu + side * rng.uniform(0.40, 0.50)
-        lcv = bcv + rng.uniform(-0.08, 0.02)
-        laz, lau, lav = rng.uniform(0.8, 0.95), rng.uniform(0.25, 0.34), rng.uniform(0.40, 0.50)
-        dome2 = ell3((rng.uniform(1.15, 1.45), lcv + 0.1, lcu), (0.6, 0.7, 0.5))  # diaphragm
-        lung = (ell3((lcz, lcv, lcu), (laz, lav, lau)) < 1.0) & allowed & (dome2 > 1.0)
-        lung &= U * side > bcu * side + 0.06
-        if lung.sum() >= 8:
-            lungs.append((side, lung, lcz, lcu, lcv, lau, lav))
-    lung_mask = np.zeros(full, bool)
-    inst = np.zeros(full, np.uint8)
-    nodules: list[tuple[np.ndarray, float]] = []
-    taken: list[tuple[np.ndarray, float]] = []
+    The draws from ``rng`` happen in this order: body, mediastinum, spine, ribs, lungs, nodule count
+    and split, vessel density, then per lung (parenchyma, vessels, nodules), then the bias field.
+    """
+    c = _Canvas3D.new(shape)
+    b = _body_3d(rng, c)
+    heart2, aorta2 = _mediastinum_3d(rng, c, b)
+    spine2 = _spine_3d(rng, c, b)
+    _ribs_3d(rng, c, b)
+    allowed = ((b.inner2 < 0.7) & (c.V < b.back - 0.12) & (aorta2 > 1.3) & (spine2 > 1.6) & (heart2 > 1.1))
+    lungs = _lungs_3d(rng, c, b, allowed)
     n_total = _count_nodules(rng, max_nodules) if positive and lungs else 0
     split = np.bincount(rng.integers(0, max(len(lungs), 1), n_total), minlength=len(lungs)).tolist()
     vessel_hu = rng.uniform(-20.0, 80.0)
-    for (side, lung, lcz, lcu, lcv, lau, lav), n_here in zip(lungs, split, strict=True):
-        lung_mask |= lung
-        win = _bbox(lung)
-        lm = lung[win]
-        origin = np.array([w.start for w in win], np.float64)
-        gz, gy, gx = (np.arange(w.start, w.stop, dtype=np.float32).reshape(
-            [-1 if a == i else 1 for a in range(3)]) for i, w in enumerate(win))
-        field = np.broadcast_to(_lung_background(rng, V[:, win[1]], lcv, lav), lm.shape)
-
-        hilum = np.array([(lcz + rng.uniform(-0.1, 0.1)) * hz + cz, (lcv + rng.uniform(-0.1, 0.1)) * hp + cy,
-                          (lcu - side * 0.6 * lau) * hp + cx])
-        segs = _vessel_tree_3d(rng, hilum, np.array([0.0, 0.0, side]), rng.uniform(0.45, 0.65) * lav * hp,
-                               rng.uniform(1.0, 1.5) * ps)
-        vp = np.zeros(lm.shape, np.float32)
-        for a, b, r0, r1 in segs:
-            lo = np.maximum(np.floor(np.minimum(a, b) - r0 - 2.0) - origin, 0).astype(int)
-            hi = np.minimum(np.ceil(np.maximum(a, b) + r0 + 3.0) - origin, lm.shape).astype(int)
-            if np.any(hi <= lo):
-                continue
-            sl = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi, strict=True))
-            prof = _tube(gz[sl[0]], gy[:, sl[1]], gx[:, :, sl[2]], a, b, r0, r1, 0.25, _FULL_CONTRAST_RADIUS)
-            np.maximum(vp[sl], prof, out=vp[sl])
-        value = field + (vessel_hu - field) * vp
-
-        if n_here:
-            edt = ndimage.distance_transform_edt(np.pad(lm, 1))[1:-1, 1:-1, 1:-1]
-            for _ in range(n_here):
-                placed = _place_nodule_3d(rng, edt, segs, origin, taken, ps, must=not nodules)
-                if placed is None:
-                    continue
-                c, r = placed
-                axes = r * rng.uniform(0.75, 1.25, 3)
-                axes *= r / axes.mean()
-                rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-                ext = float(axes.max()) + 3.0
-                lo = np.maximum(np.floor(c - ext) - origin, 0).astype(int)
-                hi = np.minimum(np.ceil(c + ext + 1.0) - origin, lm.shape).astype(int)
-                sl = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi, strict=True))
-                d = (gz[sl[0]] - c[0], gy[:, sl[1]] - c[1], gx[:, :, sl[2]] - c[2])
-                rho2 = sum(((rot[0, j] * d[0] + rot[1, j] * d[1] + rot[2, j] * d[2]) / axes[j]) ** 2
-                           for j in range(3))
-                rho = np.sqrt(rho2)
-                ggo = r >= 2.0 * ps and rng.random() < 0.25
-                hu = rng.uniform(-650.0, -350.0) if ggo else rng.uniform(-60.0, 80.0)
-                edge = rng.uniform(0.5, 1.0) * ps if ggo else rng.uniform(0.2, 0.45) * ps
-                sub = inst[win][sl]
-                own = (rho <= 1.0) & lm[sl] & (sub == 0)
-                if not own.any():
-                    continue
-                prof = _sigmoid((1.0 - rho) * r / edge)
-                value[sl] = np.maximum(value[sl], field[sl] + (hu - field[sl]) * prof)
-                sub[own] = len(nodules) + 1
-                nodules.append((c.astype(np.float32), float(2.0 * r)))
-                taken.append((c, r))
-        img[win][lm] = value[lm]
-
-    amp = rng.uniform(5.0, 30.0)
-    freq = rng.uniform(0.5, 2.0, (3, 3))
-    phase = rng.uniform(0.0, 2 * math.pi, 3)
-    bias = sum(np.cos(math.pi * (f[0] * Z + f[1] * V + f[2] * U) + p)
-               for f, p in zip(freq, phase, strict=True))
-    img[body] += (amp / 3.0) * np.broadcast_to(bias, full)[body]
-    return img, inst, lung_mask, nodules
+    for lung, n_here in zip(lungs, split, strict=True):
+        _fill_lung_3d(rng, c, lung, n_here, vessel_hu)
+    _bias_field_3d(rng, c, b.mask)
+    return c.img, c.inst, c.lung_mask, c.nodules
 
 
 def _place_nodule_3d(
