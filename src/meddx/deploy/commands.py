@@ -11,18 +11,22 @@ from meddx.utils.cli import user_errors
 
 app = typer.Typer()
 
+# options that export and compress share
+CALIBRATION_SAMPLES = typer.Option(512, help="training images that calibrate the int8 ranges")
+CALIBRATION = typer.Option("minmax", help="int8 calibration: minmax | percentile | entropy")
+FLOAT_ENDS = typer.Option(True, "--float-ends/--all-int8", help="int8 keeps the stem (with the folded preprocessing) "
+                          "and the classifier in float (less int8 error on every benchmark model)")
+
 
 @app.command()
 @user_errors
 def export(
     run: Path = typer.Argument(..., metavar="RUN", help="run folder"),
     int8: bool = typer.Option(False, "--int8", help="also write model_int8.onnx (ORT static quantization)"),
-    calibration_samples: int = typer.Option(512, help="training images that calibrate the int8 ranges"),
-    calibration: str = typer.Option("minmax", help="int8 calibration: minmax | percentile | entropy"),
+    calibration_samples: int = CALIBRATION_SAMPLES,
+    calibration: str = CALIBRATION,
     data: str | None = typer.Option(None, help="data set for calibration/verification (default: the run's)"),
-    float_ends: bool = typer.Option(True, "--float-ends/--all-int8",
-                                    help="int8 keeps the stem (with the folded preprocessing) and the "
-                                         "classifier in float (less int8 error on every benchmark model)"),
+    float_ends: bool = FLOAT_ENDS,
 ) -> None:
     """Export a run to ONNX (raw image in, probabilities out), verified against PyTorch."""
     from meddx.deploy.compress import export_run
@@ -49,12 +53,10 @@ def compress(
     lr: float | None = typer.Option(None, help="fine-tune learning rate (cosine; AdamW for pruning, SGD with "
                                                "momentum for QAT); default by method"),
     max_train: int | None = typer.Option(None, help="at most this many training images per fine-tune epoch"),
-    calibration_samples: int = typer.Option(512, help="training images that calibrate the int8 ranges"),
-    calibration: str = typer.Option("minmax", help="int8 calibration: minmax | percentile | entropy"),
+    calibration_samples: int = CALIBRATION_SAMPLES,
+    calibration: str = CALIBRATION,
     data: str | None = typer.Option(None, help="data set (default: the run's)"),
-    float_ends: bool = typer.Option(True, "--float-ends/--all-int8",
-                                    help="int8 keeps the stem (with the folded preprocessing) and the "
-                                         "classifier in float (less int8 error on every benchmark model)"),
+    float_ends: bool = FLOAT_ENDS,
     out: Path | None = typer.Option(None, help="parent folder of the new run (default: beside the source)"),
     name: str | None = typer.Option(None, help="new run folder name"),
     bootstrap: int = typer.Option(200, help="bootstrap resamples for the metrics' 95% CIs (0: none)"),

@@ -96,6 +96,15 @@ def _count_nodules(rng: np.random.Generator, max_nodules: int) -> int:
     return int(rng.choice(max_nodules, p=weights / weights.sum())) + 1
 
 
+def nodules_per_lung(rng: np.random.Generator, n_lungs: int, positive: bool,
+                     max_nodules: int) -> tuple[list[int], float]:
+    """How many nodules each lung gets (0 for a negative image or no lung), then the vessels' HU; the draws in
+    this order: count, lung of each nodule, vessel HU (2D slices and 3D volumes alike)."""
+    n_total = _count_nodules(rng, max_nodules) if positive and n_lungs else 0
+    split = np.bincount(rng.integers(0, max(n_lungs, 1), n_total), minlength=n_lungs).tolist()
+    return split, rng.uniform(-20.0, 80.0)
+
+
 def _lung_background(rng: np.random.Generator, v: np.ndarray, lcv: float, lav: float) -> np.ndarray:
     """Lung parenchyma: per-image density with a gravity-dependent (posterior) gradient."""
     base = rng.uniform(-910.0, -840.0)

@@ -18,10 +18,10 @@ from meddx.data.phantom.common import (
     _as_fraction,
     _as_int,
     _bbox,
-    _count_nodules,
     _lung_background,
     _noise_gain,
     _sigmoid,
+    nodules_per_lung,
 )
 from meddx.data.phantom.slice_anatomy import (
     _bias_field_2d,
@@ -200,9 +200,7 @@ def _slice(
     _mediastinum_2d(rng, c, b)
     _bones_2d(rng, c, b)
     lungs = _lungs_2d(rng, c, b)
-    n_total = _count_nodules(rng, max_nodules) if positive and lungs else 0
-    split = np.bincount(rng.integers(0, max(len(lungs), 1), n_total), minlength=len(lungs)).tolist()
-    vessel_hu = rng.uniform(-20.0, 80.0)
+    split, vessel_hu = nodules_per_lung(rng, len(lungs), positive, max_nodules)
     for lung, n_here in zip(lungs, split, strict=True):
         _fill_lung_2d(rng, c, lung, n_here, vessel_hu)
     _bias_field_2d(rng, c, b.mask)

@@ -21,10 +21,10 @@ from meddx.data.phantom.common import (
     _as_fraction,
     _as_int,
     _bbox,
-    _count_nodules,
     _lung_background,
     _noise_gain,
     _sigmoid,
+    nodules_per_lung,
 )
 from meddx.data.phantom.volume_anatomy import (
     _bias_field_3d,
@@ -239,9 +239,7 @@ def _volume(
     _ribs_3d(rng, c, b)
     allowed = ((b.inner2 < 0.7) & (c.V < b.back - 0.12) & (aorta2 > 1.3) & (spine2 > 1.6) & (heart2 > 1.1))
     lungs = _lungs_3d(rng, c, b, allowed)
-    n_total = _count_nodules(rng, max_nodules) if positive and lungs else 0
-    split = np.bincount(rng.integers(0, max(len(lungs), 1), n_total), minlength=len(lungs)).tolist()
-    vessel_hu = rng.uniform(-20.0, 80.0)
+    split, vessel_hu = nodules_per_lung(rng, len(lungs), positive, max_nodules)
     for lung, n_here in zip(lungs, split, strict=True):
         _fill_lung_3d(rng, c, lung, n_here, vessel_hu)
     _bias_field_3d(rng, c, b.mask)
