@@ -2,7 +2,9 @@
 
 The table of data sets (task, labels, URLs, MD5s) is ``medmnist_info.json`` beside this file, taken
 from the official ``medmnist`` package's ``info.py`` (v3.0.2), plus a modality per set that picks the
-augmentation policy.
+augmentation policy and, for binary sets, ``positive``: the label id of the finding named by the official
+label names (BreastMNIST 0 "malignant", PneumoniaMNIST 1 "pneumonia", ...), kept as
+``bundle.extra["positive_class"]``.
 """
 
 from __future__ import annotations
@@ -121,10 +123,13 @@ def load_medmnist(path: str | Path, name: str | None = None) -> DataBundle:
     if missing:
         raise MeddxError(f"missing arrays {', '.join(missing)} (a MedMNIST file has {', '.join(needed)})", path)
     info = medmnist_info().get(name or "", None)
+    extra: dict[str, Any] = {}
     if info is not None:
         task = info["task"]
         class_names = [info["labels"][str(i)] for i in range(len(info["labels"]))]
         spatial_dims, modality = info["spatial_dims"], info["modality"]
+        if "positive" in info:
+            extra["positive_class"] = int(info["positive"])
     else:  # an unknown set in MedMNIST layout: infer what we can
         y = arrays["train_labels"]
         multi = y.ndim == 2 and y.shape[1] > 1
@@ -137,7 +142,7 @@ def load_medmnist(path: str | Path, name: str | None = None) -> DataBundle:
     splits = {s: Split(_to_nchw(arrays[f"{s}_images"], spatial_dims, path),
                        labels_from_array(arrays[f"{s}_labels"], task)) for s in ("train", "val", "test")}
     return DataBundle(name=name or path.stem, task=task, class_names=class_names, modality=modality,
-                      source=str(path), **splits)
+                      source=str(path), extra=extra, **splits)
 
 
 def _to_nchw(images: np.ndarray, spatial_dims: int, path: Path) -> torch.Tensor:

@@ -30,6 +30,8 @@ def _train_config(**kw: Any):
 def train(
     data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
     task: str | None = typer.Option(None, help="classification (default) or another registered task"),
+    positive_class: str | None = typer.Option(None, help="binary: the finding (class name or id) that "
+                                              "sensitivity, PPV and ROC are for; default: the data set's"),
     model: str | None = typer.Option(None, help="registered model (see `meddx models`)"),
     size: int | None = typer.Option(None, help="MedMNIST size (28/64/128/224) or resize target"),
     data_dir: str | None = typer.Option(None, envvar="MEDDX_DATA", help="folder with MedMNIST files"),
@@ -57,8 +59,8 @@ def train(
     """Train a model; writes a run folder with config, history and checkpoints."""
     from meddx.engine.fit import fit
 
-    cfg = _train_config(data=data, task=task, model=model, size=size, data_dir=data_dir, epochs=epochs,
-                        batch_size=batch_size, patch=patch,
+    cfg = _train_config(data=data, task=task, positive_class=positive_class, model=model, size=size,
+                        data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,
                         ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,

@@ -22,6 +22,8 @@ class TrainConfig:
     size: int | None = None  # MedMNIST file size (28/64/128/224), resize target for folders/CSV, phantom side;
     # None: the source's default (28 px)
     task: str = "classification"
+    positive_class: str | None = None  # binary: the finding (class name or id); None: the one the data set
+    # declares (MedMNIST: from its label names), else the last class
     # model
     model: str = "resnet18_slim"
     pretrained: str | None = None
@@ -50,6 +52,10 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     eval_batch_size: int = 512
+
+    def resolved_lr(self) -> float:
+        """The peak learning rate used: ``lr``, or the optimiser's default (2e-3 AdamW, 0.05 SGD)."""
+        return self.lr or (2e-3 if self.optimizer == "adamw" else 0.05)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,7 +45,9 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     request = EvalRequest(split=getattr(data, split), normalize=Normalization(**meta["normalization"]),
                           class_names=data.class_names, device=torch_rt.device, batch_size=cfg.eval_batch_size,
                           n_bootstrap=n_bootstrap, out_dir=run.path, split_name=split,
-                          split_extra=data.extra.get(split) or {}, runtime=rt)
+                          split_extra=data.extra.get(split) or {}, runtime=rt,
+                          reference=data.val if split != "val" else None,  # thresholds: chosen on validation
+                          positive_class=_positive_class(meta, cfg, data))
     metrics, context = task.evaluate(torch_rt.model, request)
     metrics.update({"split": split, "checkpoint": torch_rt.files[0].name, "epoch": meta["epoch"],
                     "dataset": data.name, "model": meta["model"], "runtime_files": [str(f) for f in rt.files]})
@@ -56,17 +58,26 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     return metrics
 
 
+def _positive_class(meta: dict[str, Any], cfg: TrainConfig, data: DataBundle) -> int | None:
+    """The finding stored with the checkpoint; for runs older than that, the one the data set declares."""
+    from meddx.metrics.operating import data_positive_class
+
+    return meta["positive_class"] if "positive_class" in meta else data_positive_class(data, cfg.positive_class)
+
+
 def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: dict[str, Any],
                      context: dict[str, Any]) -> Path:
     """Render ``report.html`` with the run's history and the task's own report sections."""
     from meddx.report.classification import write_report
+    from meddx.report.page import run_facts
 
     context = context | {"run": run, "config": cfg, "data": data, "metrics": metrics}
     sections = context["task"].report_sections(context)
+    history = run.read_history()
     run_info = {"dataset": data.name, "source": data.source, "model": cfg.model, "task": data.task,
                 "split": context["split"], "samples": metrics.get("n"), "run folder": str(run.path),
-                "checkpoint": f"{metrics['checkpoint']} (epoch {metrics['epoch'] + 1})"} | {
-                    f"config.{k}": v for k, v in cfg.to_dict().items()}
+                "checkpoint": f"{metrics['checkpoint']} (epoch {metrics['epoch'] + 1})",
+                "runtime": metrics.get("runtime"), "runtime files": metrics.get("runtime_files")} | run_facts(
+                    cfg, context.get("model"), history) | {f"config.{k}": v for k, v in cfg.to_dict().items()}
     return write_report(run.report, title=f"meddx report: {data.name} / {cfg.model}", run_info=run_info,
-                        metrics=metrics, history=run.read_history(), sections=sections,
-                        class_names=data.class_names)
+                        metrics=metrics, history=history, sections=sections, class_names=data.class_names)

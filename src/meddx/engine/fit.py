@@ -26,7 +26,7 @@ from meddx.utils.runtime import pick_device, seed_everything
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, epochs: int):
     """AdamW or SGD(momentum, nesterov) with warmup + cosine or multistep decay, stepped per batch."""
-    lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 0.05)
+    lr = cfg.resolved_lr()
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
@@ -61,6 +61,13 @@ class WarmupSchedule:
         return 0.1 ** sum(t >= m for m in (0.5, 0.75))
 
 
+def positive_class(cfg: TrainConfig, data: DataBundle) -> int | None:
+    """The binary finding's class id (``--positive-class``, else the data set's declared finding)."""
+    from meddx.metrics.operating import data_positive_class  # sklearn: only when needed
+
+    return data_positive_class(data, cfg.positive_class)
+
+
 def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kind: str,
                     epoch: int, metric: float) -> dict[str, Any]:
     """Everything needed to rebuild the model and preprocess a new image, stored with the weights
@@ -76,6 +83,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kin
         # how the training files' pixels became the stored values (16-bit range, DICOM window, ...): prediction
         # applies the same mapping (meddx.data.intensity)
         "intensity_mapping": data.extra.get("intensity_mapping"),
+        "positive_class": positive_class(cfg, data),  # binary: the finding's class id
     }
 
 
@@ -169,7 +177,8 @@ def start_run(run: RunDir | None, cfg: TrainConfig, data: DataBundle, training: 
     run.write_json(run.config, cfg.to_dict())
     run.write_json(run.data, data.summary() | {"normalization": training.norm.to_dict(),
                                                "augmentation": training.policy.to_dict() if training.policy else None,
-                                               "epochs": training.epochs})
+                                               "epochs": training.epochs,
+                                               "positive_class": positive_class(cfg, data)})
     run.write_history([])
     return run
 

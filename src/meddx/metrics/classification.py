@@ -18,6 +18,7 @@ from meddx.metrics._inputs import check_class_names, check_inputs, check_task, t
 from meddx.metrics.batched import acc_metric, auc_metric
 from meddx.metrics.bootstrap import bootstrap_ci
 from meddx.metrics.calibration import compute_ece, reliability_bins
+from meddx.metrics.operating import majority_baseline, never_predicted, operating_points
 from meddx.metrics.scores import (
     _defined,
     _nanmean,
@@ -44,6 +45,15 @@ def _ci(yt: np.ndarray, ys: np.ndarray, metric: Any, n_bootstrap: int, alpha: fl
     return [_json_float(v) for v in bootstrap_ci(yt, ys, metric, n_bootstrap, alpha, seed)]
 
 
+def _per_class(yt: np.ndarray, ys: np.ndarray, task: str, names: list[str], threshold: float
+               ) -> tuple[list[dict[str, Any]], dict[str, float | None]]:
+    """JSON-safe per-class rows and their macro averages (over the classes where each is defined)."""
+    rows = per_class_metrics(yt, ys, task, names, threshold)
+    keys = ("precision", "recall", "f1", "specificity", "npv")
+    macro = {k: _json_float(_nanmean([r[k] for r in rows])) for k in keys}
+    return [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows], macro
+
+
 def evaluate_classification(
     y_true: Any,
     y_score: Any,
@@ -58,7 +68,11 @@ def evaluate_classification(
 
     Keys: task, n, n_classes, class_names, threshold, acc, auc, acc_ci, auc_ci ([lo, hi], or None when
     ``n_bootstrap`` is 0), ci_level, n_bootstrap, auc_undefined_classes, ece, per_class, confusion, macro
-    (precision/recall/f1/specificity averaged over classes where defined), roc, reliability.
+    (precision/recall/f1/specificity/npv averaged over classes where defined), roc, reliability, baseline
+    (always the most frequent class), never_predicted (classes no hard prediction names).
+    Binary tasks add :func:`~meddx.metrics.operating.operating_points` for the last class (positive_class,
+    positive_name, sensitivity, specificity, ppv, npv, thresholds); pass the finding and a validation split
+    to that function to get them for the real finding and the validation-chosen thresholds.
     ``y_score`` must hold probabilities (calibration needs them).
     """
     c = check_inputs(y_true, y_score, task, require_prob=True)
@@ -76,14 +90,10 @@ def evaluate_classification(
     acc_ci = _ci(yt, ys, acc_metric(task, threshold), n_bootstrap, alpha, seed)
     auc_ci = _ci(yt, ys, auc_metric(task), n_bootstrap, alpha, seed)
 
-    rows = per_class_metrics(yt, ys, task, names, threshold)
-    macro = {
-        k: _json_float(_nanmean([r[k] for r in rows])) for k in ("precision", "recall", "f1", "specificity")
-    }
-    per_class = [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    per_class, macro = _per_class(yt, ys, task, names, threshold)
     rel = reliability_bins(yt, ys, task)
 
-    return {
+    out = {
         "task": task,
         "n": int(len(yt)),
         "n_classes": int(c.n_classes),
@@ -102,7 +112,12 @@ def evaluate_classification(
         "macro": macro,
         "roc": roc_curves(yt, ys, task, names),
         "reliability": rel,
+        "baseline": majority_baseline(yt, ys, task, names),
+        "never_predicted": never_predicted(ys, task, names, threshold),
     }
+    if task == BINARY:
+        out |= operating_points(yt, ys, names, threshold=threshold)
+    return out
 
 
 class ClassificationMetric:

@@ -116,7 +116,7 @@ def _safe_div(a: float, b: float) -> float:
 def per_class_metrics(
     y_true: Any, y_score: Any, task: str, class_names: Sequence[str] | None = None, threshold: float = 0.5
 ) -> list[dict[str, Any]]:
-    """Per class: name, precision, recall, f1, sensitivity, specificity, support, auc, tp, fp, fn, tn.
+    """Per class: name, precision, recall, f1, sensitivity, specificity, npv, support, auc, tp, fp, fn, tn.
 
     Undefined values (e.g. precision of a class never predicted, AUC of a class absent from ``y_true``) are
     ``nan``; no warnings are raised. ``support`` is the number of samples of (or positive for) the class.
@@ -141,6 +141,7 @@ def per_class_metrics(
                 "f1": float(f[i]),
                 "sensitivity": _safe_div(tp, tp + fn),
                 "specificity": _safe_div(tn, tn + fp),
+                "npv": _safe_div(tn, tn + fn),
                 "support": int(s[i]),
                 "auc": float(aucs[i]),
                 "tp": int(tp),

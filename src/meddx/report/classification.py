@@ -16,6 +16,7 @@ from typing import Any
 
 from meddx.kinds import BINARY, MULTI_LABEL
 from meddx.report import plots
+from meddx.report.operating import baseline_block, never_predicted_banner, thresholds_section
 from meddx.report.page import (
     ReportSection,
     bar_cell,
@@ -29,6 +30,28 @@ from meddx.report.page import (
     val,
 )
 from meddx.utils.io import write_text_atomic
+
+
+def _auc_text(metrics: Mapping[str, Any], auc: float | None, class_names: Sequence[str]) -> str:
+    """What the AUC means for this task, in words."""
+    task = metrics.get("task", "")
+    if auc is None:
+        return "AUC could not be computed (the test set needs images with and without each class)."
+    if task == BINARY and class_names:
+        pos = escape(str(metrics.get("positive_name") or class_names[-1]))
+        return (
+            f"Given one test image that is <em>{pos}</em> and one that is not, the model scores the "
+            f"<em>{pos}</em> image higher {auc:.0%} of the time (0.5 = coin toss, 1.0 = perfect)."
+        )
+    if task == MULTI_LABEL:
+        return (
+            "Averaged over findings, each present vs absent: how well the model ranks images with a finding "
+            "above images without it, at any threshold (0.5 = coin toss, 1.0 = perfect)."
+        )
+    return (
+        "Averaged over classes, each class against all others: how well the model ranks images of a "
+        "class above the rest, at any threshold (0.5 = coin toss, 1.0 = perfect)."
+    )
 
 
 def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
@@ -53,24 +76,7 @@ def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
             f"The model's prediction matched the true label for {round(acc * n):,} of {n:,} test images "
             f"({acc:.1%}){at}."
         )
-    if auc is None:
-        auc_text = "AUC could not be computed (the test set needs images with and without each class)."
-    elif task == BINARY and class_names:
-        pos = escape(str(class_names[-1]))
-        auc_text = (
-            f"Given one test image that is <em>{pos}</em> and one that is not, the model scores the "
-            f"<em>{pos}</em> image higher {auc:.0%} of the time (0.5 = coin toss, 1.0 = perfect)."
-        )
-    elif task == MULTI_LABEL:
-        auc_text = (
-            "Averaged over findings, each present vs absent: how well the model ranks images with a finding "
-            "above images without it, at any threshold (0.5 = coin toss, 1.0 = perfect)."
-        )
-    else:
-        auc_text = (
-            "Averaged over classes, each class against all others: how well the model ranks images of a "
-            "class above the rest, at any threshold (0.5 = coin toss, 1.0 = perfect)."
-        )
+    auc_text = _auc_text(metrics, auc, class_names)
     ci_note = ""
     if metrics.get("acc_ci") or metrics.get("auc_ci"):
         ci_note = (
@@ -93,7 +99,7 @@ def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
         f'<div class="kpi-value">{escape(acc_line)}</div><p>{acc_text}</p></div>'
         '<div class="kpi"><div class="kpi-label">Area under the ROC curve</div>'
         f'<div class="kpi-value">{escape(auc_line)}</div><p>{auc_text}</p></div>'
-        f'</div><p class="note">{ci_note}</p></section>'
+        f'</div><p class="note">{ci_note}</p>{baseline_block(metrics)}</section>'
     )
 
 
@@ -106,7 +112,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
         ("sensitivity", "Sensitivity"),
         ("specificity", "Specificity"),
         ("precision", "Precision (PPV)"),
-        ("recall", "Recall"),
+        ("npv", "NPV"),
         ("f1", "F1"),
         ("auc", "AUC"),
     ]
@@ -144,7 +150,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
         rule = "each image is assigned the class with the highest probability"
     return (
         '<section id="per-class"><h2>Per-class results</h2>'
-        f"<p class='note'>Hard predictions: {rule}. Recall is the same as sensitivity. “—” marks a value "
+        f"<p class='note'>Hard predictions: {rule}. Sensitivity is also called recall. “—” marks a value "
         "that is undefined on this test set (for example, precision of a class the model never "
         "predicted).</p>"
         f"<div class='table-wrap'><table class='metrics'><thead>{head}</thead><tbody>{''.join(body)}</tbody>"
@@ -191,7 +197,10 @@ def _roc_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
         )
     extra = ""
     if metrics.get("task") == BINARY and class_names:
-        extra = f" The curve is for the positive class, <em>{escape(str(class_names[-1]))}</em>."
+        pos = escape(str(metrics.get("positive_name") or class_names[-1]))
+        extra = f" The curve is for the positive class, <em>{pos}</em> (the finding)."
+        if any(c.get("points") for c in roc.values()):
+            extra += " Markers show where each decision threshold of the table above operates on these images."
     return (
         '<section id="roc"><h2>ROC curves</h2>'
         "<p class='note'>Each curve shows the trade-off between finding more true cases (up) and raising "
@@ -279,7 +288,21 @@ _GLOSSARY = [
         "Of the images the model flagged, the fraction that truly have it. It depends on how common the "
         "class is in this test set, so it can differ in your population.",
     ),
+    (
+        "Negative predictive value (NPV)",
+        "Of the images the model did not flag, the fraction that truly do not have it. Like PPV it depends "
+        "on how common the class is.",
+    ),
     ("F1", "One number balancing precision and sensitivity (their harmonic mean); 1 is perfect."),
+    (
+        "Threshold, Youden's J",
+        "The probability above which an image is flagged. Youden's J picks the threshold with the largest "
+        "sensitivity + specificity − 1 on the validation split; thresholds are never tuned on the test set.",
+    ),
+    (
+        "Baseline",
+        "What a model that always gives the most common answer would score: a model must beat it to be useful.",
+    ),
     ("Support", "How many test images truly belong to the class (for multi-label: have the finding)."),
     (
         "Accuracy (ACC)",
@@ -332,7 +355,9 @@ def render_report(
     body = "".join(
         [
             header(title, run_info, metrics),
+            never_predicted_banner(metrics),
             _headline(metrics, names) if classification else "",
+            thresholds_section(metrics) if classification else "",
             _per_class_table(metrics) if classification else "",
             _confusion_section(metrics, names),
             _roc_section(metrics, names),

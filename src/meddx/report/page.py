@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
+from pathlib import PurePath
 from typing import Any
 
 from meddx.kinds import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
@@ -128,12 +129,60 @@ def header(title: str, run_info: Mapping[str, Any], metrics: Mapping[str, Any]) 
         ("Date", date),
         ("Test images" if not split else f"Images ({split})", f"{int(n):,}" if val(n) is not None else n),
     ]
+    if metrics.get("positive_name") is not None:
+        items.append(("Finding (positive class)", metrics["positive_name"]))
+    if metrics.get("runtime"):
+        files = ", ".join(PurePath(str(f)).name for f in metrics.get("runtime_files") or [])
+        items.append(("Scored by", f"{metrics['runtime']}" + (f" · {files}" if files else "")))
     meta = "".join(
         f'<div class="meta-item"><span class="meta-k">{escape(k)}</span>'
         f'<span class="meta-v">{show(v) if v not in (None, "") else "—"}</span></div>'
         for k, v in items
     )
     return f'<header><h1>{escape(title)}</h1><div class="meta">{meta}</div></header>'
+
+
+VERSIONED = ("torch", "torchvision", "monai", "timm", "numpy", "meddx")
+
+
+def library_versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
+    """Installed version of each distribution (``not installed`` where absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def duration_text(seconds: float) -> str:
+    """``42 s``, ``3 min 07 s``, ``2 h 05 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def run_facts(cfg: Any, model: Any, history: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """What a reader needs to reproduce a run: the learning rate actually used, the parameter count, the
+    training time (sum of the epochs' ``seconds``) and library versions."""
+    facts: dict[str, Any] = {}
+    if cfg is not None and hasattr(cfg, "resolved_lr"):
+        default = f" (default for {cfg.optimizer})" if cfg.lr is None else ""
+        facts["learning rate"] = f"{cfg.resolved_lr():g}{default}"
+    if model is not None and hasattr(model, "parameters"):
+        facts["parameters"] = f"{sum(p.numel() for p in model.parameters()):,}"
+    secs = [val(h.get("seconds")) for h in history or []]
+    if any(v is not None for v in secs):
+        n = len(history or [])
+        facts["training time"] = f"{duration_text(sum(v for v in secs if v))} ({n} epoch{'s' if n != 1 else ''})"
+    facts["versions"] = library_versions()
+    return facts
 
 
 def footer(run_info: Mapping[str, Any]) -> str:
@@ -197,6 +246,8 @@ border-bottom:2px solid var(--line)}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .na{color:#a0a6b0}
 tr.macro td{font-weight:600;background:var(--bg)}
+.warn{background:#fff4e5;border:1px solid #f0b429;border-left:5px solid #d97706;border-radius:8px;
+padding:12px 16px;margin:14px 0 4px;color:#5a3200}
 table.config th{width:32%;font-weight:500;color:var(--muted);
 font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
 table.config td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;

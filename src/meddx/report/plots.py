@@ -106,8 +106,14 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     return _png(fig)
 
 
+_POINT_STYLE = {"0.5": ("o", "Default 0.5"), "youden": ("s", "Youden's J"), "sens90": ("^", "Sensitivity ≥ 90%")}
+
+
 def plot_roc_curves(roc: dict[str, dict[str, Any]]) -> bytes:
-    """One ROC curve per class (``{name: {"fpr", "tpr", "auc"}}``), AUC in the legend, chance diagonal."""
+    """One ROC curve per class (``{name: {"fpr", "tpr", "auc"}}``), AUC in the legend, chance diagonal.
+
+    A curve's optional ``points`` (``[{"name", "threshold", "fpr", "tpr"}]``) are marked on it: the operating
+    points of its decision thresholds."""
     fig = _figure(6.2, 5.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color=_GREY, linewidth=1, label="Chance (AUC 0.50)")
@@ -115,6 +121,11 @@ def plot_roc_curves(roc: dict[str, dict[str, Any]]) -> bytes:
         auc = curve.get("auc")
         label = f"{_plain(name)} (AUC {auc:.3f})" if auc is not None else _plain(name)
         ax.plot(curve["fpr"], curve["tpr"], color=_PALETTE[i % len(_PALETTE)], linewidth=1.8, label=label)
+        for j, pt in enumerate(curve.get("points") or []):
+            marker, name = _POINT_STYLE.get(pt["name"], ("o", pt["name"]))
+            ax.plot([pt["fpr"]], [pt["tpr"]], linestyle="none", marker=marker, markersize=9,
+                    markerfacecolor=_PALETTE[(j + 2) % len(_PALETTE)], markeredgecolor="#1b1e23", zorder=4,
+                    label=f"{name} (threshold {pt['threshold']:.3g})")
     _style(ax)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)

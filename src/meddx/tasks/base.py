@@ -20,7 +20,9 @@ class EvalRequest:
     """What a task's ``evaluate`` scores and where it writes: one split, its preprocessing and the run's outputs.
 
     ``runtime`` (optional) is the runtime that scores raw images (``meddx.runtimes``); tasks that need the
-    network itself (sliding windows, box decoding) use ``model`` and ignore it.
+    network itself (sliding windows, box decoding) use ``model`` and ignore it. ``reference`` (optional) is
+    the split decision thresholds are chosen on (the validation split; never the scored one);
+    ``positive_class`` the finding's class id of a binary task (None: the last class).
     """
 
     split: Split
@@ -33,6 +35,8 @@ class EvalRequest:
     split_name: str = "test"
     split_extra: dict[str, Any] = field(default_factory=dict)
     runtime: Any = None
+    reference: Split | None = None
+    positive_class: int | None = None
 
 
 class Task(Protocol):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization, random_affine
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
-from meddx.kinds import MULTI_LABEL
+from meddx.kinds import BINARY, MULTI_LABEL
 from meddx.tasks.base import EvalRequest
 
 
@@ -76,19 +76,17 @@ class ClassificationTask:
 
     def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         """Metrics with bootstrap CIs on the request's split, scored by its runtime (the PyTorch model when
-        none or ``torch``: then the loss too); writes ``predictions_<split>.npz`` (y_true, y_score)."""
-        from meddx.models.inference import predict
+        none or ``torch``: then the loss too); binary tasks get their finding's operating points, thresholds
+        chosen on ``request.reference``. Writes ``predictions_<split>.npz`` (y_true, y_score)."""
         from meddx.utils.io import atomic_path
 
-        split, runtime = request.split, request.runtime
-        if runtime is not None and runtime.name != "torch":  # e.g. an int8 run is scored on its int8 ONNX model
-            y_score, loss, label = runtime.predict(split.images), None, runtime.label
-        else:
-            y_score, loss = predict(model, split.images, self, request.normalize, batch_size=request.batch_size,
-                                    device=request.device, labels=split.labels)
-            label = "torch"
-        y_true = split.labels.numpy()
-        metrics = self.full_metrics(y_true, y_score, request.class_names, n_bootstrap=request.n_bootstrap)
+        y_score, loss, label = self._scores(model, request.split, request)
+        y_true = request.split.labels.numpy()
+        reference = None
+        if request.reference is not None and self.kind == BINARY:
+            reference = (request.reference.labels.numpy(), self._scores(model, request.reference, request)[0])
+        metrics = self.full_metrics(y_true, y_score, request.class_names, n_bootstrap=request.n_bootstrap,
+                                    positive_class=request.positive_class, reference=reference)
         metrics["loss"], metrics["runtime"] = loss, label
         metrics["headline"] = headline(metrics)
         if request.out_dir is not None:
@@ -96,6 +94,17 @@ class ClassificationTask:
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, y_true=y_true, y_score=y_score)
         return metrics, {"y_true": y_true, "y_score": y_score}
+
+    def _scores(self, model: nn.Module, split: Split, request: EvalRequest) -> tuple[np.ndarray, float | None, str]:
+        """(probabilities, loss or None, runtime label) of ``split`` scored by the request's runtime."""
+        from meddx.models.inference import predict
+
+        runtime = request.runtime
+        if runtime is not None and runtime.name != "torch":  # e.g. an int8 run is scored on its int8 ONNX model
+            return runtime.predict(split.images), None, runtime.label
+        y_score, loss = predict(model, split.images, self, request.normalize, batch_size=request.batch_size,
+                                device=request.device, labels=split.labels)
+        return y_score, loss, "torch"
 
     def report_sections(self, context: dict[str, Any]) -> list[Any]:
         """Extra report sections: Grad-CAM heat maps of example test images."""
@@ -137,10 +146,17 @@ class ClassificationTask:
                 "acc": float(compute_acc(y_true, y_score, self.kind))}
 
     def full_metrics(self, y_true: np.ndarray, y_score: np.ndarray, class_names: list[str],
-                     n_bootstrap: int = 1000) -> dict[str, Any]:
+                     n_bootstrap: int = 1000, positive_class: int | None = None,
+                     reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+        """:func:`~meddx.metrics.evaluate_classification`; binary tasks: sensitivity, PPV, NPV and ROC for
+        ``positive_class`` (the finding), thresholds chosen on ``reference`` ``(y_true, y_score)``."""
         from meddx.metrics.classification import evaluate_classification
+        from meddx.metrics.operating import operating_points
 
-        return evaluate_classification(y_true, y_score, self.kind, class_names, n_bootstrap=n_bootstrap)
+        metrics = evaluate_classification(y_true, y_score, self.kind, class_names, n_bootstrap=n_bootstrap)
+        if self.kind == BINARY:
+            metrics |= operating_points(y_true, y_score, class_names, positive_class, reference)
+        return metrics
 
 
 def balanced_class_weights(labels: torch.Tensor, kind: str, num_classes: int) -> torch.Tensor:
