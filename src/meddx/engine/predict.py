@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from meddx.errors import MeddxError
-from meddx.runtimes import open_runtime
+from meddx.runtimes import default_runtime, open_runtime
 from meddx.tasks import task_from_meta
 
 
@@ -26,9 +26,10 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
         source = Path(checkpoint)
-        if runtime == "auto" and source.suffix != ".onnx":
-            meta = open_runtime("torch", source, device=device).meta
-            self.runtime = open_runtime("auto", source, device=device, meta=meta)
+        if runtime == "auto" and source.suffix != ".onnx":  # the checkpoint's meta picks; torch is loaded once
+            first = open_runtime("torch", source, device=device)
+            chosen = default_runtime(source, first.meta)
+            self.runtime = first if chosen == "torch" else open_runtime(chosen, source, device=device)
         else:
             self.runtime = open_runtime(runtime, source, device=device)
         self.meta: dict[str, Any] = self.runtime.meta
