@@ -253,6 +253,7 @@ def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
                     meta | {"model": "shufflenet_v2"})
     r = invoke("compress", shuffle, "--method", "prune-structured")
     assert r.exit_code == 2 and "does not support model 'shufflenet_v2'" in r.output
+    (tmp_path / "x.png").write_bytes(b"not decoded: the runtime fails first")  # inputs are checked before the run
     r = invoke("predict", shuffle, tmp_path / "x.png", "--runtime", "onnx")
     assert r.exit_code == 2 and "run has no model.onnx for runtime onnx" in r.output
     # a run whose training data (the calibration set) is gone

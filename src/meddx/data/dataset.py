@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddx.data.validate import VALIDATORS, validate_split
+from meddx.data.validate import VALIDATORS, check_class_coverage, validate_split
 from meddx.errors import MeddxError
 from meddx.kinds import DETECTION, KINDS, MULTI_LABEL, SEGMENTATION
 
@@ -49,6 +49,7 @@ class DataBundle:
     modality: str = "generic"
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    class_source: str = "declared"  # where class names came from: medmnist, npz, sidecar, folder, csv, generic
 
     def __post_init__(self) -> None:
         if self.task not in KINDS + (SEGMENTATION, DETECTION):
@@ -58,6 +59,9 @@ class DataBundle:
             check = VALIDATORS.get(self.task, validate_split)
             check(getattr(self, split_name), self.task, len(self.class_names),
                   f"{self.source or self.name} [{split_name}]")
+        if self.task in KINDS:  # the label contract: every class in training, nothing in val/test it lacks
+            check_class_coverage(self.train, {"val": self.val, "test": self.test}, self.task, self.class_names,
+                                 self.source or self.name)
 
     @property
     def in_channels(self) -> int:
@@ -78,9 +82,17 @@ class DataBundle:
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name, "task": self.task, "classes": self.class_names, "modality": self.modality,
+            "num_classes": self.num_classes, "label_kind": _label_kind(self.task),
+            "class_names_from": self.class_source,
             "source": self.source, "in_channels": self.in_channels, "image_size": list(self.image_size),
             "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
         }
+
+
+def _label_kind(task: str) -> str:
+    if task == MULTI_LABEL:
+        return "0/1 matrix (one column per label)"
+    return "class id per image" if task in KINDS else task
 
 
 def labels_from_array(labels: np.ndarray, task: str) -> torch.Tensor:

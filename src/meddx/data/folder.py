@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,9 @@ def load_image_folder(root: str | Path, image_size: int = 28, channels: int | No
     if not items:
         raise MeddxError(f"no images ({', '.join(sorted(FOLDER_SUFFIXES))} or DICOM) under the class folders",
                          root)
+    empty = sorted(set(classes) - {classes[i] for _, i in items})
+    if empty:  # a class without images would still be a model output
+        raise MeddxError(f"class folder(s) {', '.join(empty)} hold no images; remove them or add images", root)
     return _bundle(root.name, str(root), items, classes, None, image_size, channels, seed)
 
 
@@ -54,23 +58,42 @@ def load_csv_manifest(path: str | Path, image_size: int = 28, channels: int | No
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise MeddxError("manifest needs a header with at least the columns path,label", path)
     raw_labels = [r["label"].strip() for r in rows]
-    classes = sorted(set(raw_labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-    if len(classes) < 2:
-        raise MeddxError(f"manifest has {len(classes)} distinct label(s); need at least 2", path)
-    lookup = {c: i for i, c in enumerate(classes)}
-    items = [((path.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]),
-              lookup[lbl]) for r, lbl in zip(rows, raw_labels)]
+    classes, ids, source = _manifest_classes(path, raw_labels)
+    items = [((path.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]), y)
+             for r, y in zip(rows, ids)]
     splits = None
     if "split" in rows[0] and all(r.get("split") for r in rows):
         splits = [r["split"].strip().lower() for r in rows]
         bad = sorted(set(splits) - {"train", "val", "test"})
         if bad:
             raise MeddxError(f"unknown split value {bad[0]!r} (use train/val/test)", path)
-    return _bundle(path.stem, str(path), items, classes, splits, image_size, channels, seed)
+    return _bundle(path.stem, str(path), items, classes, splits, image_size, channels, seed, source)
+
+
+def _manifest_classes(path: Path, raw_labels: list[str]) -> tuple[list[str], list[int], str]:
+    """Class names, per-row class ids and where the names came from. Integer labels are class ids (0..K-1, no
+    gaps; names from ``<file>.classes.json`` if present, else the numbers); other labels are class names."""
+    from meddx.data.medmnist import declared_classes
+    from meddx.data.validate import infer_class_count
+
+    if raw_labels and all(re.fullmatch(r"-?\d+", lbl) for lbl in raw_labels):
+        ids = [int(lbl) for lbl in raw_labels]
+        k = infer_class_count({"all": np.array(ids)}, False, str(path))
+        declared, source = declared_classes(path)
+        if declared is not None and len(declared) != k:
+            raise MeddxError(f"{path.name}.classes.json names {len(declared)} classes but the labels are "
+                             f"0..{k - 1}", path)
+        return declared or [str(i) for i in range(k)], ids, source or "csv"
+    classes = sorted(set(raw_labels))
+    if len(classes) < 2:
+        raise MeddxError(f"manifest has {len(classes)} distinct label(s); need at least 2", path)
+    lookup = {c: i for i, c in enumerate(classes)}
+    return classes, [lookup[lbl] for lbl in raw_labels], "csv"
 
 
 def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list[str],
-            splits: list[str] | None, image_size: int, channels: int | None, seed: int) -> DataBundle:
+            splits: list[str] | None, image_size: int, channels: int | None, seed: int,
+            class_source: str = "folder") -> DataBundle:
     images, mapping = _read_all([p for p, _ in items], image_size, channels)
     labels = torch.tensor([y for _, y in items], dtype=torch.long)
     ids = [str(p) for p, _ in items]
@@ -84,7 +107,7 @@ def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list
             raise MeddxError("the split column must give train, val and test at least one image each", source)
     return DataBundle(name=name, task=BINARY if len(classes) == 2 else MULTI_CLASS,
                       class_names=classes, train=full.subset(tr), val=full.subset(va), test=full.subset(te),
-                      source=source, extra={"intensity_mapping": mapping})
+                      source=source, extra={"intensity_mapping": mapping}, class_source=class_source)
 
 
 def _is_image_file(p: Path) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import urllib.request
 import zipfile
 from functools import cache
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from meddx.data.dataset import DataBundle, Split, labels_from_array
+from meddx.data.validate import DECLARE_HINT, infer_class_count, integer_labels
 from meddx.errors import MeddxError
 from meddx.kinds import BINARY, MULTI_CLASS, MULTI_LABEL
 
@@ -107,42 +109,115 @@ def guess_name(path: Path) -> str | None:
     return stem if stem in medmnist_info() else None
 
 
+SPLITS = ("train", "val", "test")
+CLASSES_SIDECAR = ".classes.json"  # <file>.classes.json beside a data file: a JSON list of class names
+
+
 def load_medmnist(path: str | Path, name: str | None = None) -> DataBundle:
-    """Load a MedMNIST-format ``.npz`` (keys ``{train,val,test}_{images,labels}``) into memory."""
+    """Load a MedMNIST-format ``.npz`` (keys ``{train,val,test}_{images,labels}``, optional ``classes``).
+
+    Class names come from, in order: a ``classes`` array in the file or ``<file>.classes.json``; the MedMNIST
+    set the file is, by name or else by content (split sizes, label set, image shape); else generic ``0..K-1``
+    with one notice line. The label contract (:mod:`meddx.data.validate`) holds whatever the file is called.
+    """
     path = Path(path)
     if not path.is_file():
         raise MeddxError("file not found", path)
+    arrays = _read_npz(path)
+    labels = {s: integer_labels(arrays[f"{s}_labels"], f"{path} [{s}]") for s in SPLITS}
+    for s, y in labels.items():
+        if y.ndim not in (1, 2) or len(y) != len(arrays[f"{s}_images"]):
+            raise MeddxError(f"labels of shape {y.shape} for {len(arrays[f'{s}_images'])} images; expected (N,), "
+                             "(N, 1) or a (N, K) 0/1 matrix", f"{path} [{s}]")
+    declared, source = declared_classes(path, arrays)
     name = name or guess_name(path)
+    if name is None:
+        name = recognise_medmnist(path, arrays["train_images"], labels)
+    info = medmnist_info().get(name or "")
+    multi = labels["train"].ndim == 2 and labels["train"].shape[1] > 1
+    if info is not None and declared is None:
+        task, class_names, source = info["task"], [info["labels"][str(i)] for i in range(len(info["labels"]))], \
+            "medmnist"
+    else:
+        k = len(declared) if declared is not None else infer_class_count(labels, multi, str(path))
+        task = MULTI_LABEL if multi else (BINARY if k == 2 else MULTI_CLASS)
+        class_names = declared or [str(i) for i in range(k)]
+        if declared is None:
+            source = "generic"
+            print(f"notice: {path}: class names are generic (0..{k - 1}): not a known MedMNIST set by name or "
+                  f"content; {DECLARE_HINT}", file=sys.stderr)
+    spatial_dims = info["spatial_dims"] if info else _spatial_dims(arrays["train_images"])
+    splits = {s: Split(_to_nchw(arrays[f"{s}_images"], spatial_dims, path), labels_from_array(labels[s], task))
+              for s in SPLITS}
+    # the finding of a binary MedMNIST set (its official label names), the positive class of the report
+    extra = {"positive_class": int(info["positive"])} if source == "medmnist" and "positive" in info else {}
+    return DataBundle(name=name or path.stem, task=task, class_names=class_names,
+                      modality=info["modality"] if info else "generic", source=str(path), class_source=source,
+                      extra=extra, **splits)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise MeddxError(f"not a readable .npz file ({exc.__class__.__name__}: {exc})", path) from None
-    needed = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")]
+    needed = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise MeddxError(f"missing arrays {', '.join(missing)} (a MedMNIST file has {', '.join(needed)})", path)
-    info = medmnist_info().get(name or "", None)
-    extra: dict[str, Any] = {}
-    if info is not None:
-        task = info["task"]
-        class_names = [info["labels"][str(i)] for i in range(len(info["labels"]))]
-        spatial_dims, modality = info["spatial_dims"], info["modality"]
-        if "positive" in info:
-            extra["positive_class"] = int(info["positive"])
-    else:  # an unknown set in MedMNIST layout: infer what we can
-        y = arrays["train_labels"]
-        multi = y.ndim == 2 and y.shape[1] > 1
-        n = y.shape[1] if multi else int(max(arrays[f"{s}_labels"].max() for s in ("train", "val", "test"))) + 1
-        task = MULTI_LABEL if multi else (BINARY if n == 2 else MULTI_CLASS)
-        class_names = [str(i) for i in range(n)]
-        x = arrays["train_images"]
-        spatial_dims = 3 if x.ndim == 4 and x.shape[-1] not in (1, 3) else 2  # (N,H,W,3) is colour 2D
-        modality = "generic"
-    splits = {s: Split(_to_nchw(arrays[f"{s}_images"], spatial_dims, path),
-                       labels_from_array(arrays[f"{s}_labels"], task)) for s in ("train", "val", "test")}
-    return DataBundle(name=name or path.stem, task=task, class_names=class_names, modality=modality,
-                      source=str(path), extra=extra, **splits)
+    return arrays
+
+
+def _spatial_dims(x: np.ndarray) -> int:
+    return 3 if x.ndim == 4 and x.shape[-1] not in (1, 3) else 2  # (N,H,W,3) is colour 2D
+
+
+def declared_classes(path: Path, arrays: dict[str, np.ndarray] | None = None) -> tuple[list[str] | None, str]:
+    """Class names a data file declares: a ``classes`` array inside an .npz, or ``<file>.classes.json``."""
+    sidecar = path.with_name(path.name + CLASSES_SIDECAR)
+    found = []
+    if arrays is not None and "classes" in arrays:
+        found.append(("npz", arrays["classes"].tolist(), path))
+    if sidecar.is_file():
+        try:
+            found.append(("sidecar", json.loads(sidecar.read_text(encoding="utf-8")), sidecar))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MeddxError(f"not readable JSON ({exc.__class__.__name__}: {exc})", sidecar) from None
+    if not found:
+        return None, ""
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise MeddxError(f"its `classes` array and {sidecar.name} name different classes; keep one", path)
+    source, names, where = found[0]
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != len(names):
+        raise MeddxError("classes must be a list of at least 2 distinct non-empty names, in class-id order", where)
+    return names, source
+
+
+def recognise_medmnist(path: Path, images: np.ndarray, labels: dict[str, np.ndarray]) -> str | None:
+    """The MedMNIST set a renamed file is, by content: split sizes, label layout and range, image shape; the
+    notice says whether its MD5 is also the official file's."""
+    sizes = tuple(len(labels[s]) for s in SPLITS)
+    y = labels["train"]
+    for name, info in medmnist_info().items():
+        if sizes != tuple(info["n_samples"][s] for s in SPLITS):
+            continue
+        k, multi = len(info["labels"]), info["task"] == MULTI_LABEL
+        if multi != (y.ndim == 2 and y.shape[1] > 1) or (multi and y.shape[1] != k):
+            continue
+        if not multi and any(v.size and (v.min() < 0 or v.max() >= k) for v in labels.values()):
+            continue
+        channels = 3 if info["spatial_dims"] == 2 and images.ndim == 4 and images.shape[-1] == 3 else 1
+        if channels != info["n_channels"] or _spatial_dims(images) != info["spatial_dims"]:
+            continue
+        official = info["files"].get(str(images.shape[1]), {}).get("md5")
+        how = ("its MD5 is the official file's" if official and md5sum(path) == official
+               else "split sizes, labels and image shape match")
+        print(f"notice: {path}: recognised by content as MedMNIST {name} ({how}); class names and modality "
+              "from MedMNIST", file=sys.stderr)
+        return name
+    return None
 
 
 def _to_nchw(images: np.ndarray, spatial_dims: int, path: Path) -> torch.Tensor:

@@ -74,6 +74,19 @@ def check_file(path: str | Path) -> Path:
     return p
 
 
+def check_inputs(run: str | Path, paths: list[str | Path]) -> None:
+    """Before any model or heavy library loads: ``run`` exists and every input is a readable non-empty file (or
+    a readable folder: a DICOM series, for 3D models), else the one-line error of :func:`check_file`."""
+    if not Path(run).exists():
+        raise MeddxError("run folder or checkpoint not found", run)
+    for p in paths:
+        if Path(p).is_dir():
+            if not os.access(p, os.R_OK | os.X_OK):
+                raise MeddxError("cannot be read (permission denied)", p)
+            continue
+        check_file(p)
+
+
 def head(path: Path, n: int = 132) -> bytes:
     try:
         with open(path, "rb") as f:

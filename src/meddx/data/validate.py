@@ -2,6 +2,12 @@
 
 One checker per label layout: class ids or 0/1 columns (classification), dense masks (segmentation) and one
 box list per image (detection); :data:`VALIDATORS` maps a bundle's task to its checker.
+
+The label contract of classification data, whatever its source or file name: labels are whole numbers (one
+class id per image) or a 0/1 matrix (multi-label); class ids run from 0 without gaps; every class has
+images in the training split (every multi-label column a positive), so a val/test label unseen in training is
+an error. :func:`integer_labels` and :func:`infer_class_count` check raw label arrays of a file whose classes
+are not declared; :func:`check_class_coverage` checks every classification bundle.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ def validate_split(split: Split, task: str, num_classes: int, where: str) -> Non
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
-            raise MeddxError(f"label {bad} out of range for {num_classes} classes", where)
+            raise MeddxError(f"label {bad} out of range for {num_classes} classes (class ids run 0..{num_classes - 1}"
+                             f"; {DECLARE_HINT})", where)
 
 
 def validate_segmentation_split(split: Split, task: str, num_classes: int, where: str) -> None:
@@ -94,6 +101,70 @@ def validate_detection_split(split: Split, task: str, num_classes: int, where: s
             raise MeddxError(f"{name}: a box lies outside the image of size {tuple(int(e) for e in extent)}", where)
         if labels.min() < 0 or labels.max() >= num_classes:
             raise MeddxError(f"{name}: class index out of range for {num_classes} classes", where)
+
+
+DECLARE_HINT = ("to declare the classes, put their names in a `classes` array inside the .npz or in a sidecar "
+                "<file>.classes.json, a JSON list of names in class-id order")
+
+
+def _values(vals, limit: int = 12) -> str:
+    vals = [int(v) for v in vals]
+    return ", ".join(map(str, vals[:limit])) + (f", ... ({len(vals)} values)" if len(vals) > limit else "")
+
+
+def integer_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """``y`` as int64, or a one-line error quoting the first value that is not a whole number."""
+    y = np.asarray(y)
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    if y.dtype.kind != "f":
+        raise MeddxError(f"labels must be integer class ids (or a 0/1 matrix), got dtype {y.dtype}", where)
+    bad = ~np.isfinite(y) | (y != np.round(y))
+    if bad.any():
+        raise MeddxError(f"labels must be whole-number class ids, found {float(y[bad].flat[0]):g}", where)
+    return y.astype(np.int64)
+
+
+def infer_class_count(labels: dict[str, np.ndarray], multi: bool, where: str) -> int:
+    """Class count of undeclared integer labels (split name -> array): columns, or 1 + the largest id when the
+    ids present in all splits run 0..K-1 without a gap; the gap, a negative id or fewer than 2 classes fail."""
+    if multi:
+        cols = {int(y.shape[1]) for y in labels.values()}
+        if len(cols) != 1:
+            raise MeddxError(f"multi-label splits have different column counts {sorted(cols)}", where)
+        return cols.pop()
+    present = np.unique(np.concatenate([np.asarray(y).reshape(-1) for y in labels.values()]))
+    if present.size and present[0] < 0:
+        raise MeddxError(f"labels must be class ids >= 0, found {int(present[0])}", where)
+    k = int(present[-1]) + 1 if present.size else 0
+    if present.size != k:
+        absent = sorted(set(range(k)) - set(present.tolist()))
+        raise MeddxError(f"labels must be class ids 0..K-1 without gaps, found {_values(present)} (absent: "
+                         f"{_values(absent)}); renumber them 0..{present.size - 1}, and {DECLARE_HINT}", where)
+    if k < 2:
+        raise MeddxError(f"labels hold {k} class(es) ({_values(present)}); classification needs at least 2", where)
+    return k
+
+
+def check_class_coverage(train: Split, others: dict[str, Split], task: str, class_names: list[str],
+                         where: str) -> None:
+    """Every class has a training image (every multi-label column a positive), so val/test (whose ranges are
+    checked per split before this) hold no label that training lacks; the error names the splits that do."""
+    y = train.labels
+    if task == MULTI_LABEL:
+        absent = torch.nonzero(y.sum(0) == 0).flatten().tolist() if len(train) else list(range(len(class_names)))
+        what, elsewhere = "label column(s)", ""
+    else:
+        absent = sorted(set(range(len(class_names))) - set(torch.unique(y).tolist()))
+        what = "class(es)"
+        used = [name for name, split in others.items() if len(split) and bool(torch.isin(
+            split.labels, torch.tensor(absent, dtype=split.labels.dtype)).any())] if absent else []
+        elsewhere = f" but occur in {' and '.join(used)}" if used else ""
+    if absent:
+        names = ", ".join(f"{i} ({class_names[i]!r})" for i in absent[:8]) + (" ..." if len(absent) > 8 else "")
+        raise MeddxError(f"{what} {names} never occur in the training split{elsewhere}; every class needs "
+                         f"training images (renumber the labels 0..K-1 over the classes that do occur; "
+                         f"{DECLARE_HINT})", f"{where} [train]")
 
 
 VALIDATORS = {SEGMENTATION: validate_segmentation_split, DETECTION: validate_detection_split}

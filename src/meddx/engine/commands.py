@@ -106,6 +106,11 @@ def predict(
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
+    from meddx.data.pixels import check_inputs
+    from meddx.runtimes import check_runtime
+
+    check_runtime(runtime)  # a bad option or file fails before torch and the checkpoint load
+    check_inputs(run, images)
     from meddx.engine.predict import Predictor
 
     predictor = Predictor(run, device=device, runtime=runtime)

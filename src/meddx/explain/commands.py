@@ -27,10 +27,13 @@ def explain(
     device: str = typer.Option("auto"),
 ) -> None:
     """Heat maps for image files: overlay PNGs, explanations.json (map statistics) and gallery.html."""
+    from meddx.data.pixels import check_inputs
+
+    check_inputs(run, images)  # a missing/empty/unreadable file fails before torch and the run load
     from meddx.explain.files import explain_files
     from meddx.explain.methods import get_method
 
-    spec = get_method(method)  # an unknown method fails before anything is loaded
+    spec = get_method(method)  # an unknown method fails before the run loads
     result = explain_files(run, images, method=spec.name, target=target, out=out, layer=layer, device=device,
                            save_maps=save_maps)
     for item in result["items"]:
