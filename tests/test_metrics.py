@@ -330,7 +330,7 @@ def test_evaluate_classification_payload(task):
     out = evaluate_classification(y, s, task, names, n_bootstrap=100, seed=0)
     keys = "task n acc auc acc_ci auc_ci ece per_class confusion macro roc reliability auc_undefined_classes"
     assert set(keys.split()) <= set(out)
-    assert out["n"] == 600 and out["task"] == task
+    assert out["n"] == 600 and out["kind"] == task and out["task"] == "classification"
     assert out["acc"] == pytest.approx(ref_get_acc(y, s, task))
     assert out["auc"] == pytest.approx(ref_get_auc(y, s, task))
     assert out["acc_ci"][0] <= out["acc"] <= out["acc_ci"][1]

@@ -38,7 +38,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     assert (cfg["data"], cfg["epochs"], cfg["seed"], cfg["model"]) == ("phantom", 1, 0, "resnet18_slim")
     assert len((run / "history.jsonl").read_text().splitlines()) == 1
     m = json.loads((run / "metrics.json").read_text())
-    assert m["n"] == 96 and m["dataset"] == "phantom" and m["task"] == "binary-class"
+    assert m["n"] == 96 and m["dataset"] == "phantom" and m["kind"] == "binary-class" and m["task"] == "classification"
     assert f"AUC {m['auc']:.4f}" in r.output and "report.html" in r.output
     assert (run / "report.html").stat().st_size > 10_000
 

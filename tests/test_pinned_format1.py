@@ -62,7 +62,8 @@ def test_checked_in_folder_is_format1():
 
 def _check_metrics(m):
     want = EXPECTED["metrics"]
-    for key in ("task", "n", "epoch", "checkpoint", "dataset", "model"):
+    assert m["kind"] == want["task"] and m["task"] == "classification"  # format 1 wrote the kind as "task"
+    for key in ("n", "epoch", "checkpoint", "dataset", "model"):
         assert m[key] == want[key], key
     for key in ("acc", "auc", "loss"):
         assert m[key] == pytest.approx(want[key], abs=1e-6), key

@@ -152,7 +152,7 @@ def test_classification_oracle_scores_auc_and_acc_one(oracles, tmp_path):
     npz = write_fake_medmnist(tmp_path / "oracle3.npz", n=(12, 6, 30), classes=3)
     run = fit(_cfg(tmp_path, data=str(npz), model="_oracle_cls"))
     m = evaluate_run(run.path, n_bootstrap=50, report=False)
-    assert m["task"] == "multi-class" and m["n"] == 30
+    assert m["kind"] == "multi-class" and m["task"] == "classification" and m["n"] == 30
     assert m["auc"] == 1.0 and m["acc"] == 1.0
     assert m["auc_ci"] == [1.0, 1.0] and m["acc_ci"] == [1.0, 1.0]
     pred = np.load(run.path / "predictions_test.npz")

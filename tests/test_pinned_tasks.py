@@ -68,8 +68,8 @@ def test_label_kind_metrics_match_sklearn(kind_run):
     name, npz, run, task, classes = kind_run
     m = json.loads((run / "metrics.json").read_text())
     data = json.loads((run / "data.json").read_text())
-    assert data["task"] == task and data["classes"] == classes
-    assert m["task"] == task and m["split"] == "test" and m["n"] == 20
+    assert data["kind"] == task and data["classes"] == classes
+    assert m["kind"] == task and m["task"] == "classification" and m["split"] == "test" and m["n"] == 20
     pred = np.load(run / "predictions_test.npz")
     y, s = pred["y_true"], pred["y_score"]
     with np.load(npz) as f:

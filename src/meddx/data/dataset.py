@@ -81,7 +81,7 @@ class DataBundle:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "name": self.name, "task": self.task, "classes": self.class_names, "modality": self.modality,
+            "name": self.name, "kind": self.task, "classes": self.class_names, "modality": self.modality,
             "num_classes": self.num_classes, "label_kind": _label_kind(self.task),
             "class_names_from": self.class_source,
             "source": self.source, "in_channels": self.in_channels, "image_size": list(self.image_size),

@@ -74,7 +74,7 @@ def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: d
     context = context | {"run": run, "config": cfg, "data": data, "metrics": metrics}
     sections = context["task"].report_sections(context)
     history = run.read_history()
-    run_info = {"dataset": data.name, "source": data.source, "model": cfg.model, "task": data.task,
+    run_info = {"dataset": data.name, "source": data.source, "model": cfg.model, "task": cfg.task, "kind": data.task,
                 "split": context["split"], "samples": metrics.get("n"), "run folder": str(run.path),
                 "checkpoint": f"{metrics['checkpoint']} (epoch {metrics['epoch'] + 1})",
                 "runtime": metrics.get("runtime"), "runtime files": metrics.get("runtime_files")} | run_facts(

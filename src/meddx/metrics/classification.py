@@ -94,7 +94,8 @@ def evaluate_classification(
     rel = reliability_bins(yt, ys, task)
 
     out = {
-        "task": task,
+        "task": "classification",
+        "kind": task,
         "n": int(len(yt)),
         "n_classes": int(c.n_classes),
         "class_names": names,

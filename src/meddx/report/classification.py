@@ -34,7 +34,7 @@ from meddx.utils.io import write_text_atomic
 
 def _auc_text(metrics: Mapping[str, Any], auc: float | None, class_names: Sequence[str]) -> str:
     """What the AUC means for this task, in words."""
-    task = metrics.get("task", "")
+    task = metrics.get("kind", "")
     if auc is None:
         return "AUC could not be computed (the test set needs images with and without each class)."
     if task == BINARY and class_names:
@@ -55,7 +55,7 @@ def _auc_text(metrics: Mapping[str, Any], auc: float | None, class_names: Sequen
 
 
 def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
-    task = metrics.get("task", "")
+    task = metrics.get("kind", "")
     n = int(metrics.get("n") or 0)
     level = float(metrics.get("ci_level", 0.95))
     acc, auc = val(metrics.get("acc")), val(metrics.get("auc"))
@@ -107,7 +107,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     rows = metrics.get("per_class") or []
     if not rows:
         return ""
-    multilabel = metrics.get("task") == MULTI_LABEL
+    multilabel = metrics.get("kind") == MULTI_LABEL
     cols = [
         ("sensitivity", "Sensitivity"),
         ("specificity", "Specificity"),
@@ -144,7 +144,7 @@ def _per_class_table(metrics: Mapping[str, Any]) -> str:
     names = [str(r.get("name", "")) for r in rows]
     if multilabel:
         rule = f"a finding counts as present when its probability is above {thr:g}"
-    elif metrics.get("task") == BINARY and names:
+    elif metrics.get("kind") == BINARY and names:
         rule = f"an image is called <em>{escape(names[-1])}</em> when its probability is above {thr:g}"
     else:
         rule = "each image is assigned the class with the highest probability"
@@ -162,7 +162,7 @@ def _confusion_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -
     cm = metrics.get("confusion")
     if not cm:
         return ""
-    if metrics.get("task") == MULTI_LABEL:
+    if metrics.get("kind") == MULTI_LABEL:
         rows = "".join(
             f"<tr><td>{escape(str(name))}</td>"
             + "".join(f"<td class='num'>{int(v):,}</td>" for v in (m[1][1], m[1][0], m[0][1], m[0][0]))
@@ -196,7 +196,7 @@ def _roc_section(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
             "needs images both with and without a class.</p></section>"
         )
     extra = ""
-    if metrics.get("task") == BINARY and class_names:
+    if metrics.get("kind") == BINARY and class_names:
         pos = escape(str(metrics.get("positive_name") or class_names[-1]))
         extra = f" The curve is for the positive class, <em>{pos}</em> (the finding)."
         if any(c.get("points") for c in roc.values()):

@@ -24,7 +24,7 @@ def never_predicted_banner(metrics: Mapping[str, Any]) -> str:
     if not missing:
         return ""
     names = ", ".join(f"<em>{escape(str(n))}</em>" for n in missing)
-    what = "finding" if metrics.get("task") == MULTI_LABEL else "class"
+    what = "finding" if metrics.get("kind") == MULTI_LABEL else "class"
     plural = "es" if what == "class" and len(missing) > 1 else ("s" if len(missing) > 1 else "")
     return (
         f'<div class="warn" id="never-predicted" role="alert"><strong>Warning: the model never predicted '
@@ -82,7 +82,7 @@ def thresholds_section(metrics: Mapping[str, Any]) -> str:
     """Binary tasks: sensitivity, specificity, PPV and NPV of the finding at 0.5 and at the validation-chosen
     thresholds, all measured on the scored split."""
     thresholds = metrics.get("thresholds")
-    if metrics.get("task") != BINARY or not thresholds:
+    if metrics.get("kind") != BINARY or not thresholds:
         return ""
     pos = escape(str(metrics.get("positive_name", "")))
     head = "".join(

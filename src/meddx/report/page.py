@@ -117,7 +117,7 @@ def bar_cell(x: Any) -> str:
 
 
 def header(title: str, run_info: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    task = find_info(run_info, "task") or metrics.get("task", "")
+    task = metrics.get("kind") or find_info(run_info, "kind") or find_info(run_info, "task") or metrics.get("task", "")
     date = find_info(run_info, "date", "datetime", "timestamp", "created")
     date = date or datetime.now().strftime("%Y-%m-%d %H:%M")
     n = metrics.get("n") if metrics.get("n") is not None else find_info(run_info, "n", "n_samples")
