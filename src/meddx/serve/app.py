@@ -209,6 +209,9 @@ async def _answer(model: Any, batcher: Any, data: bytes, label: str, options: tu
     method, want_image = options
     try:
         if not model.is_classifier:
+            if method is not None:
+                raise MeddxError(f"heat-map explanations are for classification runs; {model.name} is a "
+                                 f"{model.predictor.task.name} run")
             return await run_in_threadpool(other) | {"runtime": model.predictor.runtime.label}
         raw, notices = await run_in_threadpool(decode)
         row = await batcher.submit(raw)
