@@ -30,18 +30,24 @@ from meddx.serve.app import create_app  # noqa: E402
 from meddx.serve.guard import Limits  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def serve_run(tmp_path_factory) -> Path:
-    """A 1-epoch seednet on the 28 px phantom (uint8, 1 channel), evaluated (metrics.json with CIs and ECE)."""
+def tiny_serve_run(tmp_path_factory) -> Path:
+    """A 1-epoch seednet on the 28 px phantom (uint8, 1 channel), evaluated (metrics.json with CIs and ECE);
+    trained once per test session (test_serve_browser.py shares it)."""
     from meddx.engine.config import TrainConfig
     from meddx.engine.evaluate import evaluate_run
     from meddx.engine.fit import fit
 
-    out = tmp_path_factory.mktemp("serve_runs")
-    run = fit(TrainConfig(data="phantom", model="seednet", epochs=1, size=28, out=str(out), name="tiny",
-                          progress=False, device="cpu")).path
-    evaluate_run(run, n_bootstrap=50, device="cpu", report=False)
-    return run
+    out = tmp_path_factory.getbasetemp() / "serve_runs"
+    if not (out / "tiny" / "metrics.json").is_file():
+        run = fit(TrainConfig(data="phantom", model="seednet", epochs=1, size=28, out=str(out), name="tiny",
+                              progress=False, device="cpu")).path
+        evaluate_run(run, n_bootstrap=50, device="cpu", report=False)
+    return out / "tiny"
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory) -> Path:
+    return tiny_serve_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

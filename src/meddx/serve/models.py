@@ -16,8 +16,8 @@ from meddx.errors import MeddxError
 INTENDED_USE = ("Research and teaching only: not a medical device, not for diagnosis or treatment decisions. "
                 "Valid only for inputs like the training data ({data}: {modality} images, {channels} channel(s), "
                 "{shape} pixels, {dtype}); 2D images of another size are resized with a notice. Performance on "
-                "other scanners, sites, populations or preprocessing is unknown; the test metrics below come from "
-                "the run's own {split} split and say nothing about other data.")
+                "other scanners, sites, populations or preprocessing is unknown; the test metrics in this card come "
+                "from the run's own {split} split and say nothing about other data.")
 _CARD_METRICS = ("headline", "split", "n", "ci_level", "n_bootstrap", "runtime", "checkpoint", "ece", "loss")
 
 

@@ -23,7 +23,8 @@ image-rendering:auto}#answer{font-size:20px;font-weight:600;margin:6px 0}#error{
 .bar{display:grid;grid-template-columns:140px 1fr 56px;gap:8px;align-items:center;font-size:13px;margin:3px 0}
 .bar .track{background:#edf0f3;border-radius:3px;height:14px}.bar .fill{background:#2b6cb0;height:14px;
 border-radius:3px}.bar.top .fill{background:#c05621}table{border-collapse:collapse;font-size:13px;width:100%}
-td,th{border-bottom:1px solid #edf0f3;padding:3px 6px;text-align:left;vertical-align:top}
+td,th{border-bottom:1px solid #edf0f3;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th{width:34%}table{table-layout:fixed}section{min-width:0}header .muted{color:#c9d6e8}
 .muted{color:#5b616b;font-size:12px}.notice{color:#8a5a00;font-size:12px}code{font-size:12px;word-break:break-all}
 """
 
@@ -52,6 +53,8 @@ _BODY = """
 _JS = r"""
 const $ = (id) => document.getElementById(id);
 let cards = [];
+const CARD_SKIP = ['headline', 'split', 'n', 'ci_level', 'n_bootstrap', 'runtime', 'checkpoint', 'epoch',
+  'n_classes', 'threshold'];
 function headers() {
   const t = $('token').value || sessionStorage.getItem('meddx-token') || '';
   return t ? {Authorization: 'Bearer ' + t} : {};
@@ -84,9 +87,12 @@ function showCard() {
   const d = c.training_data; row(t, 'training data', d.name + (d.source ? ' - ' + d.source : '') +
     (d.n_train ? ' (train ' + d.n_train + ', val ' + d.n_val + ', test ' + d.n_test + ')' : ''));
   const m = c.test_metrics;
-  if (m) { for (const [k, v] of Object.entries(m)) { if (!k.endsWith('_ci')) row(t, 'test ' + k,
-    fmt(v) + (m[k + '_ci'] ? '  (95% CI ' + m[k + '_ci'].map(fmt).join('-') + ')' : '')); } }
-  else row(t, 'test metrics', 'none (run `meddx evaluate` on the run)');
+  if (m) {
+    row(t, 'test set', (m.split || 'test') + ' split, n = ' + m.n + (m.n_bootstrap ? '; 95% CIs from ' +
+      m.n_bootstrap + ' bootstrap resamples' : ''));
+    for (const [k, v] of Object.entries(m)) { if (!k.endsWith('_ci') && !CARD_SKIP.includes(k)) row(t, 'test ' + k,
+      fmt(v) + (m[k + '_ci'] ? '  (95% CI ' + m[k + '_ci'].map(fmt).join('-') + ')' : '')); }
+  } else row(t, 'test metrics', 'none (run `meddx evaluate` on the run)');
   row(t, 'runtime', c.runtime); row(t, 'meddx', c.meddx_version);
   for (const f of c.files) row(t, f.name, 'sha256 ' + f.sha256);
   box.append(t, el('p', c.intended_use, 'muted'));
