@@ -213,7 +213,8 @@ async def _answer(model: Any, batcher: Any, data: bytes, label: str, options: tu
                 raise MeddxError(f"heat-map explanations are for classification runs; {model.name} is a "
                                  f"{model.predictor.task.name} run")
             return await run_in_threadpool(other) | {"runtime": model.predictor.runtime.label}
-        raw, notices = await run_in_threadpool(decode)
+        with batcher.expecting():
+            raw, notices = await run_in_threadpool(decode)
         row = await batcher.submit(raw)
         result = model.predictor.task.describe(label, row, model.predictor.classes)
         result |= {"runtime": model.predictor.runtime.label, "notices": [public_message(n) for n in notices]}

@@ -1,15 +1,17 @@
 """Micro-batching: concurrent classification requests collected for a few milliseconds into one runtime call.
 
 An ``asyncio.Queue`` feeds one collector task on the server's event loop; it takes what is waiting, waits at most
-``max_wait_ms`` for more (up to ``max_batch`` images), and runs ``predict`` on the stacked batch in one worker
-thread, so the model is never called from two threads at once. ``max_batch=1`` is the per-request mode.
+``max_wait_ms`` for more (up to ``max_batch`` images) - but only while other requests are still being decoded
+(:meth:`MicroBatcher.expecting`), so a lone request never waits - and runs ``predict`` on the stacked batch in one
+worker thread, so the model is never called from two threads at once. ``max_batch=1`` is the per-request mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -24,6 +26,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self.batches = 0  # runtime calls made
         self.items = 0  # images they held
+        self.incoming = 0  # requests being decoded that will submit an image soon
 
     @property
     def depth(self) -> int:
@@ -43,6 +46,15 @@ class MicroBatcher:
                 pass
         self._executor.shutdown(wait=True)
 
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around a request's decoding: the collector waits for it (up to ``max_wait_ms``) while it runs."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
+
     async def submit(self, image: Any) -> Any:
         """The model's output row for one image (a tensor of the model's input shape and dtype)."""
         if self._queue is None:
@@ -60,6 +72,8 @@ class MicroBatcher:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if self.incoming == 0:  # nobody else is on the way: run now
+                break
             left = deadline - loop.time()
             if left <= 0:
                 break

@@ -26,6 +26,8 @@ def serve(
     batch: int = typer.Option(32, help="micro-batch size for classification (1: no micro-batching)"),
     batch_wait_ms: float = typer.Option(3.0, help="how long a micro-batch waits to fill"),
     device: str = typer.Option("cpu", help="device of the PyTorch runtime"),
+    threads: int | None = typer.Option(None, help="PyTorch intra-op threads (default: PyTorch's; 1 suits a busy "
+                                       "machine, where threads wait on each other)"),
 ) -> None:
     """Serve runs over HTTP: /v1/models, /v1/models/NAME/predict, /healthz, /readyz, /metrics, /docs and a web
     page at /."""
@@ -39,6 +41,10 @@ def serve(
     except ImportError:
         raise MeddxError("serving needs the serve extra: pip install 'meddx[serve]'") from None
     check_runtime(runtime)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_queue=max_queue, timeout_s=timeout,
                     batching=batch > 1, max_batch=max(1, batch), max_wait_ms=batch_wait_ms)
     application = create_app(runs, runtime=runtime, token=token, limits=limits, device=device)
