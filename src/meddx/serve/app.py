@@ -15,6 +15,7 @@ Every bad upload is a 4xx with ``{"detail": "<one line>"}``; limits are in :clas
 # inside the function that defines the route, so string annotations could not be resolved)
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
@@ -191,10 +192,21 @@ def _label(filename: str | None) -> str:
     return name or "upload"
 
 
+_DECODERS: dict[str, Any] = {}
+
+
+async def run_in_threadpool(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread, at most ``cpu_count`` at once: decoding holds the GIL for most of its
+    time, and dozens of threads taking turns on it cost more than they overlap."""
+    import anyio
+
+    if "limiter" not in _DECODERS:
+        _DECODERS["limiter"] = anyio.CapacityLimiter(max(2, min(8, os.cpu_count() or 2)))
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_DECODERS["limiter"])
+
+
 async def _answer(model: Any, batcher: Any, data: bytes, label: str, options: tuple[str | None, bool]
                   ) -> dict[str, Any]:
-    from starlette.concurrency import run_in_threadpool
-
     from meddx.serve.models import b64png, explain_one, image_png, predict_other, read_input
     from meddx.serve.uploads import public_message, upload_file
 
