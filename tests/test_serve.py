@@ -22,7 +22,7 @@ from .fuzz_corpus import make_corpus, reference_image
 
 require_module("fastapi")
 require_module("httpx")
-require_module("multipart")
+require_module("python_multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -267,3 +267,15 @@ def test_detection_run_returns_boxes_and_picture(tmp_path):
         assert Image.open(io.BytesIO(base64.b64decode(res["image_with_boxes_png"]))).size == (64, 64)
         assert "heat-map explanations are for classification" in _one_line_4xx(
             c.post("/v1/models/det2d/predict?explain=gradcam", files={"file": ("s.png", _png(img))}))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from meddx.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "Traceback" not in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path), "--runtime", "tpu"])
+    assert r.exit_code == 2 and "runtime must be auto" in r.output

@@ -56,6 +56,7 @@ def create_app(runs: Sequence[str | Path], runtime: str = "auto", token: str | N
                 size = limits.max_batch if limits.batching else 1
                 batchers[name] = MicroBatcher(model.predictor.predict_tensor, size, limits.max_wait_ms, name)
                 batchers[name].start()
+        app.state.decoders = decoder_limiter()
         app.state.ready = True
         yield
         app.state.ready = False
@@ -172,7 +173,8 @@ def _predict_route(app: Any, served: dict[str, Any], batchers: dict[str, Any], l
         data = await file.read()
         if len(data) > limits.max_upload_bytes:
             raise HTTPException(413, f"upload too large (limit {limits.max_upload_bytes:,} bytes)")
-        job = _answer(served[name], batchers.get(name), data, _label(file.filename), (explain, image))
+        job = _answer(served[name], batchers.get(name), data, _label(file.filename), (explain, image),
+                      app.state.decoders)
         try:
             return await asyncio.wait_for(job, limits.timeout_s)
         except asyncio.TimeoutError:
@@ -192,21 +194,18 @@ def _label(filename: str | None) -> str:
     return name or "upload"
 
 
-_DECODERS: dict[str, Any] = {}
-
-
-async def run_in_threadpool(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in a worker thread, at most ``cpu_count`` at once: decoding holds the GIL for most of its
-    time, and dozens of threads taking turns on it cost more than they overlap."""
+def decoder_limiter() -> Any:
+    """At most ``cpu_count`` (2..8) decoding threads per app: decoding holds the GIL for most of its time, and
+    dozens of threads taking turns on it cost more than they overlap. Made inside the app's event loop."""
     import anyio
 
-    if "limiter" not in _DECODERS:
-        _DECODERS["limiter"] = anyio.CapacityLimiter(max(2, min(8, os.cpu_count() or 2)))
-    return await anyio.to_thread.run_sync(fn, *args, limiter=_DECODERS["limiter"])
+    return anyio.CapacityLimiter(max(2, min(8, os.cpu_count() or 2)))
 
 
-async def _answer(model: Any, batcher: Any, data: bytes, label: str, options: tuple[str | None, bool]
-                  ) -> dict[str, Any]:
+async def _answer(model: Any, batcher: Any, data: bytes, label: str, options: tuple[str | None, bool],
+                  limiter: Any) -> dict[str, Any]:
+    import anyio
+
     from meddx.serve.models import b64png, explain_one, image_png, predict_other, read_input
     from meddx.serve.uploads import public_message, upload_file
 
@@ -217,6 +216,9 @@ async def _answer(model: Any, batcher: Any, data: bytes, label: str, options: tu
     def other() -> dict[str, Any]:
         with upload_file(data) as path:
             return predict_other(model, path, label)
+
+    def run_in_threadpool(fn: Any, *args: Any) -> Any:
+        return anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     method, want_image = options
     try:
