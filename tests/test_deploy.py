@@ -231,6 +231,24 @@ def test_qat_keeps_its_calibrated_start_when_the_fine_tune_only_hurts(trained_ru
     assert np.abs(p_qat - p_ptq).max() < 0.02
 
 
+def test_a_ptq_run_predicts_and_explains_with_its_int8_model_by_default_and_says_so(trained_run, tmp_path):
+    from meddx.deploy.compress import compress_run
+
+    ptq = compress_run(trained_run, "ptq", out=tmp_path, name="ptq-default", n_bootstrap=0)
+    img = tmp_path / "x.npy"
+    np.save(img, (np.arange(28 * 28).reshape(28, 28) % 256).astype(np.float32))
+    r = invoke("predict", ptq.path, img, "--json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)[0]
+    assert got["runtime"] == "onnxruntime int8" and got["model_files"] == [str(ptq.path / "model_int8.onnx")]
+    r = invoke("predict", ptq.path, img, "--runtime", "torch", "--json")
+    assert json.loads(r.stdout)[0]["runtime"] == "torch"
+    r = invoke("explain", ptq.path, img, "--method", "saliency", "--out", tmp_path / "ex")
+    assert r.exit_code == 0, r.output
+    assert "runtime: onnxruntime int8" in r.stdout
+    assert json.loads((tmp_path / "ex" / "explanations.json").read_text())["runtime"] == "onnxruntime int8"
+
+
 def test_bad_inputs_give_clear_errors(trained_run, data_file, tmp_path):
     r = invoke("compress", trained_run, "--method", "distil")
     assert r.exit_code == 2 and "unknown compression method 'distil'" in r.output

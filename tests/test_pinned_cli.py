@@ -18,6 +18,11 @@ from meddx.engine import loop as loop_module
 runner = CliRunner()
 
 
+FORMAT1 = __import__("pathlib").Path(__file__).resolve().parent / "data"
+DATA_RUN = FORMAT1 / "format1_run"
+DATA_IMG = sorted((FORMAT1 / "format1_images").iterdir())[0]
+
+
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
@@ -108,3 +113,12 @@ def test_interrupt_in_the_first_epoch_says_nothing_is_saved_and_resume_restarts(
     r = invoke("train", "--resume", run, "--no-evaluate")
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["epoch"] for x in (run / "history.jsonl").read_text().splitlines()] == [0, 1]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, fake_npz, command):
+    args = (["train", "--data", fake_npz, "--out", tmp_path, "--epochs", "1"] if command == "train"
+            else ["predict", DATA_RUN, DATA_IMG])
+    r = invoke(*args, "--device", "cuda")
+    assert r.exit_code == 2 and "device 'cuda' is not available here" in r.output and "Traceback" not in r.output

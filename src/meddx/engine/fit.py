@@ -178,7 +178,8 @@ def start_run(run: RunDir | None, cfg: TrainConfig, data: DataBundle, training: 
     run.write_json(run.data, data.summary() | {"normalization": training.norm.to_dict(),
                                                "augmentation": training.policy.to_dict() if training.policy else None,
                                                "epochs": training.epochs,
-                                               "positive_class": positive_class(cfg, data)})
+                                               "positive_class": positive_class(cfg, data),
+                                               "intensity_mapping": data.extra.get("intensity_mapping")})
     run.write_history([])
     return run
 
