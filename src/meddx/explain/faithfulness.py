@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -131,63 +132,85 @@ def _default_prob(out: torch.Tensor) -> torch.Tensor:
     return torch.softmax(out, dim=-1)
 
 
+@dataclass
+class CurveOptions:
+    """How a deletion/insertion curve is made: ``mode``, ``steps`` fractions up to ``max_fraction``, the removal
+    ``baseline`` (see :func:`remove`), ``prob_fn`` (logits -> probabilities), ``batch_size`` and the tie ``seed``."""
+
+    mode: str = "deletion"
+    steps: int = 16
+    max_fraction: float = 1.0
+    baseline: str | float | torch.Tensor = "impute"
+    prob_fn: Callable[[torch.Tensor], torch.Tensor] = _default_prob
+    batch_size: int = 256
+    seed: int = 0
+
+
 @torch.no_grad()
-def perturbation_curves(model: nn.Module, images: torch.Tensor, heatmaps: Any, targets: Any, *,
-                        mode: str = "deletion", steps: int = 16, max_fraction: float = 1.0,
-                        baseline: str | float | torch.Tensor = "impute",
-                        prob_fn: Callable[[torch.Tensor], torch.Tensor] = _default_prob, batch_size: int = 256,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def perturbation_curves(model: nn.Module, images: torch.Tensor, heatmaps: Any, targets: Any,
+                        options: CurveOptions | None = None, **fields: Any) -> tuple[np.ndarray, np.ndarray]:
     """(fractions (steps+1,), target probabilities (N, steps+1)) as the most salient pixels are removed/inserted.
 
     ``images`` are model-ready (N, C, *spatial), ``heatmaps`` (N, *spatial), ``targets`` a class index or one
-    per image; all channels of a pixel go together. Step 0 is the intact image for deletion and the fully
-    removed one for insertion. Ties in a map are broken randomly (seeded), so flat regions are not taken in
-    raster order. ``max_fraction`` < 1 stops the deletion after that share of the pixels (insertion starts
-    from an image with that share removed): for small findings (a nodule is ~1% of a phantom slice) the curve
-    beyond a few percent says nothing about the map. :func:`curve_auc` normalises by the range covered.
+    per image; all channels of a pixel go together; ``options`` (or :class:`CurveOptions` fields as keywords).
+    Step 0 is the intact image for deletion and the fully removed one for insertion. Ties in a map are broken
+    randomly (seeded), so flat regions are not taken in raster order. ``max_fraction`` < 1 stops the deletion
+    after that share of the pixels (insertion starts from an image with that share removed): for small findings
+    (a nodule is ~1% of a phantom slice) the curve beyond a few percent says nothing about the map.
+    :func:`curve_auc` normalises by the range covered.
     """
-    if not 0 < max_fraction <= 1:
-        raise MeddxError(f"max_fraction must be in (0, 1], got {max_fraction}")
-    if mode not in ("deletion", "insertion"):
-        raise MeddxError(f"mode must be deletion or insertion, got {mode!r}")
+    o = replace(options, **fields) if options is not None else CurveOptions(**fields)
+    if not 0 < o.max_fraction <= 1:
+        raise MeddxError(f"max_fraction must be in (0, 1], got {o.max_fraction}")
+    if o.mode not in ("deletion", "insertion"):
+        raise MeddxError(f"mode must be deletion or insertion, got {o.mode!r}")
     device = next(model.parameters()).device
     x = torch.as_tensor(images).detach().float().to(device)
     h = np.asarray(heatmaps, dtype=np.float64)
     if h.shape != (x.shape[0],) + tuple(x.shape[2:]):
         raise MeddxError(f"heat maps of shape {h.shape} do not fit images of shape {tuple(x.shape)}")
-    n_img, spatial = x.shape[0], tuple(x.shape[2:])
-    t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (n_img,))
-    n_pix = int(np.prod(spatial))
-    rng = np.random.default_rng(seed)
-    ranks = np.empty((n_img, n_pix), np.int64)
-    for i in range(n_img):  # rank of each pixel, most salient first
-        order = np.lexsort((rng.random(n_pix), -np.nan_to_num(h[i].ravel(), nan=-np.inf)))
-        ranks[i, order] = np.arange(n_pix)
-    fractions = np.linspace(0.0, max_fraction, steps + 1)
-    counts = torch.from_numpy(np.round(fractions * n_pix).astype(np.int64)).to(device)
-    rank_t = torch.from_numpy(ranks).to(device).view(n_img, 1, *spatial)
-    # every (image, step) pair, in chunks of batch_size
-    pairs = [(i, k) for i in range(n_img) for k in range(steps + 1)]
+    t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (x.shape[0],))
+    fractions = np.linspace(0.0, o.max_fraction, o.steps + 1)
     was_training = model.training
     model.eval()
-    out = np.empty((n_img, steps + 1), np.float64)
     try:
-        for c in range(0, len(pairs), batch_size):
-            chunk = pairs[c:c + batch_size]
-            ii = torch.tensor([p[0] for p in chunk], device=device)
-            kk = counts[torch.tensor([p[1] for p in chunk], device=device)].view(-1, 1, *([1] * len(spatial)))
-            chosen = rank_t[ii] < kk  # (B, 1, *spatial): each image's top-k pixels
-            if mode == "deletion":
-                removed = chosen
-            else:  # insertion: reveal the top-k pixels of the image with its top max_fraction removed
-                removed = (rank_t[ii] < counts[-1]) & ~chosen
-            prob = prob_fn(model(remove(x[ii], removed, baseline)).float())
-            sel = prob[torch.arange(len(chunk), device=device), torch.from_numpy(t[ii.cpu().numpy()]).to(device)]
-            for (i, k), v in zip(chunk, sel.cpu().tolist()):
-                out[i, k] = v
+        out = _curve_scores(model, x, _pixel_ranks(h, o.seed), t, fractions, o)
     finally:
         model.train(was_training)
     return fractions, out
+
+
+def _pixel_ranks(h: np.ndarray, seed: int) -> np.ndarray:
+    """(N, pixels): each pixel's rank in its map, most salient first, ties broken by a seeded random key."""
+    n_img, n_pix = h.shape[0], int(np.prod(h.shape[1:]))
+    rng = np.random.default_rng(seed)
+    ranks = np.empty((n_img, n_pix), np.int64)
+    for i in range(n_img):
+        order = np.lexsort((rng.random(n_pix), -np.nan_to_num(h[i].ravel(), nan=-np.inf)))
+        ranks[i, order] = np.arange(n_pix)
+    return ranks
+
+
+def _curve_scores(model: nn.Module, x: torch.Tensor, ranks: np.ndarray, t: np.ndarray, fractions: np.ndarray,
+                  o: CurveOptions) -> np.ndarray:
+    """The target probability of every (image, step) pair, evaluated in chunks of ``o.batch_size``."""
+    device, (n_img, spatial) = x.device, (x.shape[0], tuple(x.shape[2:]))
+    counts = torch.from_numpy(np.round(fractions * ranks.shape[1]).astype(np.int64)).to(device)
+    rank_t = torch.from_numpy(ranks).to(device).view(n_img, 1, *spatial)
+    pairs = [(i, k) for i in range(n_img) for k in range(len(fractions))]
+    out = np.empty((n_img, len(fractions)), np.float64)
+    for c in range(0, len(pairs), o.batch_size):
+        chunk = pairs[c:c + o.batch_size]
+        ii = torch.tensor([p[0] for p in chunk], device=device)
+        kk = counts[torch.tensor([p[1] for p in chunk], device=device)].view(-1, 1, *([1] * len(spatial)))
+        chosen = rank_t[ii] < kk  # (B, 1, *spatial): each image's top-k pixels
+        # insertion: reveal the top-k pixels of the image with its top max_fraction removed
+        removed = chosen if o.mode == "deletion" else (rank_t[ii] < counts[-1]) & ~chosen
+        prob = o.prob_fn(model(remove(x[ii], removed, o.baseline)).float())
+        sel = prob[torch.arange(len(chunk), device=device), torch.from_numpy(t[ii.cpu().numpy()]).to(device)]
+        for (i, k), v in zip(chunk, sel.cpu().tolist()):
+            out[i, k] = v
+    return out
 
 
 def perturbation_curve(model: nn.Module, image: torch.Tensor, heatmap: Any, target: int, **kw: Any

@@ -55,52 +55,50 @@ def _auc_text(metrics: Mapping[str, Any], auc: float | None, class_names: Sequen
 
 
 def _headline(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
-    task = metrics.get("kind", "")
-    n = int(metrics.get("n") or 0)
     level = float(metrics.get("ci_level", 0.95))
     acc, auc = val(metrics.get("acc")), val(metrics.get("auc"))
     acc_line = f"ACC {num(acc)} {ci_text(metrics.get('acc_ci'), level)}".strip()
     auc_line = f"AUC {num(auc)} {ci_text(metrics.get('auc_ci'), level)}".strip()
-
-    if acc is None:
-        acc_text = "Accuracy could not be computed."
-    elif task == MULTI_LABEL:
-        acc_text = (
-            f"Averaged over the {len(class_names)} findings, each finding was called correctly (present or "
-            f"absent) for {acc:.1%} of the {n:,} test images."
-        )
-    else:
-        thr = metrics.get("threshold", 0.5)
-        at = f" at a probability threshold of {thr:g}" if task == BINARY else ""
-        acc_text = (
-            f"The model's prediction matched the true label for {round(acc * n):,} of {n:,} test images "
-            f"({acc:.1%}){at}."
-        )
+    acc_text = _acc_text(metrics, acc, class_names)
     auc_text = _auc_text(metrics, auc, class_names)
-    ci_note = ""
-    if metrics.get("acc_ci") or metrics.get("auc_ci"):
-        ci_note = (
-            f"The ranges in brackets are {level:.0%} confidence intervals from "
-            f"{int(metrics.get('n_bootstrap') or 0):,} bootstrap resamples of the test set: a smaller or "
-            "less varied test set gives a wider range."
-        )
-    else:
-        ci_note = "No confidence intervals were computed for this run (bootstrap disabled)."
-    undefined = metrics.get("auc_undefined_classes") or []
-    if undefined:
-        names = ", ".join(escape(str(u)) for u in undefined)
-        ci_note += (
-            f" AUC is undefined for {names} (the test set has no images with, or none without, that class); "
-            "the AUC shown averages the remaining classes."
-        )
     return (
         '<section id="summary"><h2>Summary</h2><div class="kpis">'
         '<div class="kpi"><div class="kpi-label">Accuracy</div>'
         f'<div class="kpi-value">{escape(acc_line)}</div><p>{acc_text}</p></div>'
         '<div class="kpi"><div class="kpi-label">Area under the ROC curve</div>'
         f'<div class="kpi-value">{escape(auc_line)}</div><p>{auc_text}</p></div>'
-        f'</div><p class="note">{ci_note}</p>{baseline_block(metrics)}</section>'
+        f'</div><p class="note">{_ci_note(metrics, level)}</p>{baseline_block(metrics)}</section>'
     )
+
+
+def _acc_text(metrics: Mapping[str, Any], acc: float | None, class_names: Sequence[str]) -> str:
+    """What the accuracy means for this kind of task, in words."""
+    task, n = metrics.get("kind", ""), int(metrics.get("n") or 0)
+    if acc is None:
+        return "Accuracy could not be computed."
+    if task == MULTI_LABEL:
+        return (f"Averaged over the {len(class_names)} findings, each finding was called correctly (present or "
+                f"absent) for {acc:.1%} of the {n:,} test images.")
+    thr = metrics.get("threshold", 0.5)
+    at = f" at a probability threshold of {thr:g}" if task == BINARY else ""
+    return (f"The model's prediction matched the true label for {round(acc * n):,} of {n:,} test images "
+            f"({acc:.1%}){at}.")
+
+
+def _ci_note(metrics: Mapping[str, Any], level: float) -> str:
+    """Where the confidence intervals come from, and which classes have no AUC."""
+    if metrics.get("acc_ci") or metrics.get("auc_ci"):
+        note = (f"The ranges in brackets are {level:.0%} confidence intervals from "
+                f"{int(metrics.get('n_bootstrap') or 0):,} bootstrap resamples of the test set: a smaller or "
+                "less varied test set gives a wider range.")
+    else:
+        note = "No confidence intervals were computed for this run (bootstrap disabled)."
+    undefined = metrics.get("auc_undefined_classes") or []
+    if undefined:
+        names = ", ".join(escape(str(u)) for u in undefined)
+        note += (f" AUC is undefined for {names} (the test set has no images with, or none without, that class); "
+                 "the AUC shown averages the remaining classes.")
+    return note
 
 
 def _per_class_table(metrics: Mapping[str, Any]) -> str:
