@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ def load_image_folder(root: str | Path, image_size: int = 28, channels: int | No
     empty = sorted(set(classes) - {classes[i] for _, i in items})
     if empty:  # a class without images would still be a model output
         raise MeddxError(f"class folder(s) {', '.join(empty)} hold no images; remove them or add images", root)
-    return _bundle(root.name, str(root), items, classes, None, image_size, channels, seed)
+    return _bundle(root.name, str(root), Listing(items, classes), image_size, channels, seed)
 
 
 def load_csv_manifest(path: str | Path, image_size: int = 28, channels: int | None = None,
@@ -67,7 +68,7 @@ def load_csv_manifest(path: str | Path, image_size: int = 28, channels: int | No
         bad = sorted(set(splits) - {"train", "val", "test"})
         if bad:
             raise MeddxError(f"unknown split value {bad[0]!r} (use train/val/test)", path)
-    return _bundle(path.stem, str(path), items, classes, splits, image_size, channels, seed, source)
+    return _bundle(path.stem, str(path), Listing(items, classes, splits, source), image_size, channels, seed)
 
 
 def _manifest_classes(path: Path, raw_labels: list[str]) -> tuple[list[str], list[int], str]:
@@ -91,9 +92,18 @@ def _manifest_classes(path: Path, raw_labels: list[str]) -> tuple[list[str], lis
     return classes, [lookup[lbl] for lbl in raw_labels], "csv"
 
 
-def _bundle(name: str, source: str, items: list[tuple[Path, int]], classes: list[str],
-            splits: list[str] | None, image_size: int, channels: int | None, seed: int,
-            class_source: str = "folder") -> DataBundle:
+class Listing(NamedTuple):
+    """What a folder or manifest lists: (file, class id) pairs, class names, optional split per file."""
+
+    items: list[tuple[Path, int]]
+    classes: list[str]
+    splits: list[str] | None = None
+    class_source: str = "folder"
+
+
+def _bundle(name: str, source: str, listing: Listing, image_size: int, channels: int | None,
+            seed: int) -> DataBundle:
+    items, classes, splits, class_source = listing
     images, mapping = _read_all([p for p, _ in items], image_size, channels)
     labels = torch.tensor([y for _, y in items], dtype=torch.long)
     ids = [str(p) for p, _ in items]

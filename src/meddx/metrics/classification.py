@@ -81,12 +81,7 @@ def evaluate_classification(
 
     acc = compute_acc(yt, ys, task, threshold)
     auc = compute_auc(yt, ys, task)
-    aucs = auc_per_class(yt, ys, task)
-    if task == BINARY:  # the task AUC only uses the positive column
-        undefined = [] if _defined(yt) else list(names)
-    else:
-        undefined = [names[i] for i in range(c.n_classes) if not np.isfinite(aucs[i])]
-
+    undefined = _auc_undefined(yt, ys, task, names)
     acc_ci = _ci(yt, ys, acc_metric(task, threshold), n_bootstrap, alpha, seed)
     auc_ci = _ci(yt, ys, auc_metric(task), n_bootstrap, alpha, seed)
 
@@ -119,6 +114,14 @@ def evaluate_classification(
     if task == BINARY:
         out |= operating_points(yt, ys, names, threshold=threshold)
     return out
+
+
+def _auc_undefined(yt: np.ndarray, ys: np.ndarray, task: str, names: list[str]) -> list[str]:
+    """Classes whose AUC is undefined (no positives or no negatives in the scored set)."""
+    if task == BINARY:  # the task AUC only uses the positive column
+        return [] if _defined(yt) else list(names)
+    aucs = auc_per_class(yt, ys, task)
+    return [names[i] for i in range(len(names)) if not np.isfinite(aucs[i])]
 
 
 class ClassificationMetric:
