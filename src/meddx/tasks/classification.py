@@ -169,8 +169,10 @@ def balanced_class_weights(labels: torch.Tensor, kind: str, num_classes: int) ->
 
 
 def headline(m: dict[str, Any]) -> str:
-    """``ACC 0.9103 (95% CI 0.885-0.933)  AUC 0.9561 (95% CI ...)  n=624``."""
-    nan2 = [float("nan")] * 2
-    acc_ci, auc_ci = m.get("acc_ci") or nan2, m.get("auc_ci") or nan2
-    return (f"ACC {m['acc']:.4f} (95% CI {acc_ci[0]:.3f}-{acc_ci[1]:.3f})  "
-            f"AUC {m['auc']:.4f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})  n={m.get('n')}")
+    """``ACC 0.9103 (95% CI 0.885-0.933)  AUC 0.9561 (95% CI ...)  n=624`` (no CI part without a bootstrap)."""
+    def part(name: str, key: str) -> str:
+        value, ci = m.get(key), m.get(f"{key}_ci")
+        text = f"{name} {value:.4f}" if value is not None else f"{name} undefined"
+        return text + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci and value is not None else "")
+
+    return f"{part('ACC', 'acc')}  {part('AUC', 'auc')}  n={m.get('n')}"
