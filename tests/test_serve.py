@@ -279,3 +279,44 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and r.output.count("error:") == 1 and "Traceback" not in r.output
     r = runner.invoke(app, ["serve", str(tmp_path), "--runtime", "tpu"])
     assert r.exit_code == 2 and "runtime must be auto" in r.output
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, body in members.items():
+            z.writestr(name, body)
+    return buf.getvalue()
+
+
+def test_a_zipped_dicom_series_becomes_a_volume_with_its_geometry(tmp_path):
+    """A zip of the real 20-slice CT series: a temporary folder meddx names itself (a member called
+    ``../../x.dcm`` stays inside it), read by the volume reader sorted by position with its spacing."""
+    from .conftest import shared_path
+    from meddx.data.volumes import read_volume
+    from meddx.serve.uploads import upload_file
+
+    series = sorted(p for p in shared_path("totalsegmentator_examples", "example_ct_dicom").rglob("*") if p.is_file())
+    members = {f"../../{i}/{p.name}": p.read_bytes() for i, p in enumerate(series)} | {"README.txt": b"notes"}
+    reference = read_volume(series[0].parent)
+    with upload_file(_zip(members), folder=str(tmp_path)) as path:
+        assert path.is_dir() and path.parent == tmp_path and len(list(path.iterdir())) == len(series)
+        vol = read_volume(path)
+        assert vol.shape == reference.shape and np.allclose(vol.spacing, reference.spacing)
+        assert np.array_equal(vol.array, reference.array)
+    assert list(tmp_path.iterdir()) == []  # removed afterwards, nothing written beside it
+
+
+def test_zip_uploads_that_are_no_series_are_4xx(client, monkeypatch):
+    from meddx.serve import uploads
+
+    assert "no DICOM file" in _one_line_4xx(_post(client, _zip({"a.txt": b"hello"}), "s.zip"))
+    monkeypatch.setattr(uploads, "MAX_SERIES_BYTES", 1000)  # a zip bomb: sizes from the zip directory
+    assert "at most" in _one_line_4xx(_post(client, _zip({"a.dcm": bytes(5000)}), "s.zip"))
+    # a series to a 2D model: one line, not a crash
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert _one_line_4xx(_post(client, _zip({"1.dcm": ct, "2.dcm": ct}), "s.zip"))

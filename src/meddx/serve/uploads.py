@@ -18,7 +18,10 @@ from pathlib import Path
 from meddx.errors import MeddxError
 
 UPLOAD_NAME = "upload"
-ACCEPTED = "PNG, JPEG, TIFF, BMP, GIF, DICOM, .npy, .npz or NIfTI (.nii/.nii.gz)"
+ACCEPTED = "PNG, JPEG, TIFF, BMP, GIF, DICOM, a zip of one DICOM series, .npy, .npz or NIfTI (.nii/.nii.gz)"
+# a zipped DICOM series: bounds checked from the zip's directory before anything is inflated (zip bombs)
+MAX_SERIES_FILES = 2000
+MAX_SERIES_BYTES = 1 << 30
 
 
 class UnsupportedType(MeddxError):
@@ -63,8 +66,13 @@ def sniff_suffix(data: bytes) -> str:
 
 @contextmanager
 def upload_file(data: bytes, folder: str | None = None) -> Iterator[Path]:
-    """The bytes in a private temporary file (suffix from :func:`sniff_suffix`), removed afterwards."""
+    """The bytes in a private temporary file (suffix from :func:`sniff_suffix`), removed afterwards; a zip that
+    is not an ``.npz`` is a DICOM series and becomes a private temporary folder (:func:`series_folder`)."""
     suffix = sniff_suffix(data)
+    if suffix == ".npz" and not _is_npz(data):
+        with series_folder(data, folder) as path:
+            yield path
+        return
     fd, name = tempfile.mkstemp(prefix="meddx-upload-", suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -81,3 +89,47 @@ def public_message(exc: BaseException, *paths: str | Path) -> str:
         text = text.replace(str(p), UPLOAD_NAME)
     text = re.sub(r"\S*meddx-upload-[\w.]+", UPLOAD_NAME, text)  # temporary files named by deeper layers
     return text[:500]
+
+
+def _is_npz(data: bytes) -> bool:
+    """A zip whose members are all ``.npy`` arrays (NumPy's ``.npz``); an unreadable zip counts as one, so that
+    the array reader gives its own error."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+@contextmanager
+def series_folder(data: bytes, folder: str | None = None) -> Iterator[Path]:
+    """The DICOM files of a zip in a private temporary folder, named ``0000.dcm``... by meddx (a member's own
+    name, ``../`` and all, never becomes a path); sizes and counts are checked from the zip directory first."""
+    import io
+    import shutil
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        members = [m for m in z.infolist() if not m.is_dir()]
+        total = sum(m.file_size for m in members)
+        if len(members) > MAX_SERIES_FILES or total > MAX_SERIES_BYTES:
+            raise MeddxError(f"zip holds {len(members)} files, {total:,} bytes uncompressed; a series may have at "
+                             f"most {MAX_SERIES_FILES} files and {MAX_SERIES_BYTES:,} bytes", UPLOAD_NAME)
+        root = Path(tempfile.mkdtemp(prefix="meddx-upload-", dir=folder))
+        try:
+            kept = 0
+            for m in members:
+                body = z.read(m)
+                if _dicom(body[:352]):
+                    (root / f"{kept:04d}.dcm").write_bytes(body)
+                    kept += 1
+            if kept == 0:
+                raise UnsupportedType(f"zip holds no DICOM file ({len(members)} members); expected one DICOM "
+                                      "series", UPLOAD_NAME)
+            yield root
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
