@@ -294,9 +294,10 @@ def _zip(members: dict[str, bytes]) -> bytes:
 def test_a_zipped_dicom_series_becomes_a_volume_with_its_geometry(tmp_path):
     """A zip of the real 20-slice CT series: a temporary folder meddx names itself (a member called
     ``../../x.dcm`` stays inside it), read by the volume reader sorted by position with its spacing."""
-    from .conftest import shared_path
     from meddx.data.volumes import read_volume
     from meddx.serve.uploads import upload_file
+
+    from .conftest import shared_path
 
     series = sorted(p for p in shared_path("totalsegmentator_examples", "example_ct_dicom").rglob("*") if p.is_file())
     members = {f"../../{i}/{p.name}": p.read_bytes() for i, p in enumerate(series)} | {"README.txt": b"notes"}
