@@ -36,7 +36,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     cfg = TrainConfig.load(run.config)
     torch_rt = open_runtime("torch", run.path, device=device if device != "auto" else cfg.device)
     meta = torch_rt.meta
-    rt = open_runtime(runtime, run.path, meta=meta) if runtime != "torch" else torch_rt
+    rt = open_runtime(runtime, run.path, loaded=torch_rt)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     if meta["classes"] != data.class_names:
         raise MeddxError(f"checkpoint classes {meta['classes']} differ from the data's {data.class_names}",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from meddx.errors import MeddxError
-from meddx.runtimes import default_runtime, open_runtime
+from meddx.runtimes import open_runtime
 from meddx.tasks import task_from_meta
 
 
@@ -26,12 +26,7 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
         source = Path(checkpoint)
-        if runtime == "auto" and source.suffix != ".onnx":  # the checkpoint's metadata decides (ptq/qat: int8)
-            torch_rt = open_runtime("torch", source, device=device)
-            name = default_runtime(source, torch_rt.meta)
-            self.runtime = torch_rt if name == "torch" else open_runtime(name, source, device=device)
-        else:
-            self.runtime = open_runtime(runtime, source, device=device)
+        self.runtime = open_runtime(runtime, source, device=device)
         self.meta: dict[str, Any] = self.runtime.meta
         self.classes: list[str] = self.meta["classes"]
         self.task = task_from_meta(self.meta)

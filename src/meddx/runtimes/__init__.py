@@ -42,10 +42,24 @@ def default_runtime(source: str | Path, meta: dict[str, Any] | None) -> str:
     return "int8" if compressed and (folder / "model_int8.onnx").is_file() else "torch"
 
 
-def open_runtime(name: str, source: str | Path, device: str = "auto", meta: dict[str, Any] | None = None) -> Any:
-    """Open runtime ``name`` (or ``auto``: :func:`default_runtime`) on a run folder or a model file."""
+def open_runtime(name: str, source: str | Path, device: str = "auto", loaded: Any = None) -> Any:
+    """Open runtime ``name`` on a run folder or a model file.
+
+    ``auto``: :func:`default_runtime` from the checkpoint's metadata (``onnx`` for a ``.onnx`` file given
+    directly). ``loaded``: an open ``torch`` runtime of the same run, reused rather than loading the checkpoint
+    again (``auto`` needs it for the metadata anyway).
+    """
     name = check_runtime(name)
-    if name == "auto":
-        name = default_runtime(source, meta)
+    if name == "auto" and Path(source).suffix == ".onnx":
+        name = "onnx"
+    if name in ("auto", "torch"):
+        loaded = loaded if loaded is not None else _open("torch", source, device)
+        if name == "torch" or default_runtime(source, loaded.meta) == "torch":
+            return loaded
+        name = "int8"
+    return _open(name, source, device)
+
+
+def _open(name: str, source: str | Path, device: str) -> Any:
     module, cls = RUNTIMES[name].split(":")
     return getattr(importlib.import_module(module), cls)(source, device=device)
