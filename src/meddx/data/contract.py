@@ -93,8 +93,9 @@ def _mapping_notice(px: Pixels, expected: Expected) -> list[Notice]:
                               f"mapped by {intensity.describe(rec)}")]
 
 
-def load_input(path: str | Path, meta: dict[str, Any], said: set[str] | None = None) -> torch.Tensor:
-    """Read one file and conform it to a checkpoint's input; notices go to stderr once per kind in ``said``."""
+def read_input(path: str | Path, meta: dict[str, Any]) -> tuple[torch.Tensor, list[Notice]]:
+    """One file conformed to a checkpoint's input, and the notices for what was converted (a resize is no
+    notice for segmentation/detection: they map their outputs back to the original size themselves)."""
     expected = Expected.from_meta(meta)
     if len(expected.shape) == 3:
         from meddx.data.volumes import read_volume_pixels
@@ -105,8 +106,14 @@ def load_input(path: str | Path, meta: dict[str, Any], said: set[str] | None = N
 
         px = read_pixels(path, expected.mapping)
     tensor, notices = conform(px, expected)
-    if meta.get("task", "classification") != "classification":  # segmentation/detection map outputs back to
-        notices = [n for n in notices if n.kind != "resize"]    # the original size: resizing is their pipeline
+    if meta.get("task", "classification") != "classification":
+        notices = [n for n in notices if n.kind != "resize"]
+    return tensor, notices
+
+
+def load_input(path: str | Path, meta: dict[str, Any], said: set[str] | None = None) -> torch.Tensor:
+    """Read one file and conform it to a checkpoint's input; notices go to stderr once per kind in ``said``."""
+    tensor, notices = read_input(path, meta)
     said = set() if said is None else said
     for n in notices:
         if n.kind not in said:

@@ -4,7 +4,6 @@ upload needs (reading through the one pixel reader, the task's result dict, heat
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meddx.errors import MeddxError
+from meddx.utils.io import file_digest
 
 INTENDED_USE = ("Research and teaching only: not a medical device, not for diagnosis or treatment decisions. "
                 "Valid only for inputs like the training data ({data}: {modality} images, {channels} channel(s), "
@@ -57,14 +57,6 @@ def load_model(run: str | Path, runtime: str = "auto", device: str = "cpu") -> S
     return ServedModel(run_name(path), folder, predictor, model_card(run_name(path), folder, predictor))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -106,7 +98,7 @@ def model_card(name: str, folder: Path, predictor: Any) -> dict[str, Any]:
                                             channels=expected.channels, shape="x".join(map(str, expected.shape)),
                                             dtype=expected.dtype, split=(metrics or {}).get("split", "test")),
         "runtime": predictor.runtime.label, "meddx_version": meddx_version(),
-        "files": [{"name": Path(f).name, "sha256": _sha256(Path(f))} for f in predictor.files],
+        "files": [{"name": Path(f).name, "sha256": file_digest(f)} for f in predictor.files],
         "compression": meta.get("compression"),
     }
 
@@ -122,21 +114,9 @@ def meddx_version() -> str:
 
 def read_input(served: ServedModel, path: Path) -> tuple[Any, list[str]]:
     """The upload as the model's input tensor, plus the conversion notices (the contract's, as text)."""
-    from meddx.data.contract import Expected, conform
+    from meddx.data.contract import read_input as conformed_input
 
-    meta = served.predictor.meta
-    expected = Expected.from_meta(meta)
-    if len(expected.shape) == 3:
-        from meddx.data.volumes import read_volume_pixels
-
-        px = read_volume_pixels(path)
-    else:
-        from meddx.data.images import read_pixels
-
-        px = read_pixels(path, expected.mapping)
-    tensor, notices = conform(px, expected)
-    if not served.is_classifier:  # segmentation/detection map outputs back to the original size themselves
-        notices = [n for n in notices if n.kind != "resize"]
+    tensor, notices = conformed_input(path, served.predictor.meta)
     return tensor, [n.text for n in notices]
 
 
