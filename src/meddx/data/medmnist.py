@@ -9,7 +9,6 @@ label names (BreastMNIST 0 "malignant", PneumoniaMNIST 1 "pneumonia", ...), kept
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from meddx.data.dataset import DataBundle, Split, labels_from_array
 from meddx.data.validate import DECLARE_HINT, infer_class_count, integer_labels
 from meddx.errors import MeddxError
 from meddx.kinds import BINARY, MULTI_CLASS, MULTI_LABEL
+from meddx.utils.io import file_digest
 
 SIZES = ("28", "64", "128", "224")
 
@@ -52,11 +52,7 @@ def file_name(name: str, size: int | str = 28) -> str:
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def find_medmnist(name: str, size: int | str = 28, data_dir: str | Path | None = None,
