@@ -21,7 +21,7 @@ from meddx.errors import MeddxError
 from meddx.kinds import DETECTION, MULTI_LABEL, SEGMENTATION
 
 if TYPE_CHECKING:
-    from meddx.data.dataset import Split
+    from meddx.data.split import Split
 
 
 def _check_rank(x: torch.Tensor, where: str) -> None:
