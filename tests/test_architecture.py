@@ -18,13 +18,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "meddx"
 # (rank, predicate on the dotted module name); the first match wins, lower rank = higher layer
 LAYERS: list[tuple[int, str, object]] = [
     (0, "cli", lambda m: m == "meddx.cli"),
-    (1, "capability commands", lambda m: m.endswith(".commands") or m.startswith("meddx.serve")
+    (1, "capability commands", lambda m: m.endswith(".commands") or m.startswith(("meddx.serve", "meddx.pacs"))
      or m in ("meddx.explain.files", "meddx.deploy.compress", "meddx.deploy.methods", "meddx.deploy.finetune")),
     (2, "engine", lambda m: m.startswith(("meddx.engine", "meddx.runtimes"))),
     (3, "tasks", lambda m: m.startswith("meddx.tasks")),
     (5, "utils", lambda m: m.startswith("meddx.utils") or m in ("meddx.errors", "meddx.kinds", "meddx")),
     (4, "domain", lambda m: m.startswith(("meddx.models", "meddx.data", "meddx.metrics", "meddx.report",
-                                          "meddx.explain", "meddx.deploy"))),
+                                          "meddx.explain", "meddx.deploy", "meddx.dicomio",
+                                          "meddx.classical"))),
 ]
 
 
