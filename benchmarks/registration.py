@@ -47,7 +47,7 @@ def datasets(quick: bool) -> dict:
 
 def train(data, minutes: float, out: str, quick: bool):
     cfg = TrainConfig(data=data.name, task="registration", epochs=1 if quick else 300, max_minutes=minutes,
-                      out=out, name=data.name, progress=False, lr=1e-3, warmup_epochs=0 if quick else 1)
+                      out=out, name=data.name, progress=False, lr=3e-3, warmup_epochs=0 if quick else 1)
     tic = time.time()
     run = fit(cfg, data=data)
     model, meta = load_model(run.model_checkpoint())

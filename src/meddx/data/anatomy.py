@@ -53,15 +53,18 @@ def _nilearn_volume(img) -> Volume:
 
 
 def mni152(resolution: int = 2) -> dict[str, Volume]:
-    """MNI152 T1 template and its brain, GM and WM masks (nilearn's packaged files) on one grid."""
+    """MNI152 T1 template, its brain mask and GM/WM probability maps (nilearn's packaged files) on one grid.
+
+    The probability maps (``gm``, ``wm``: 0..1) are used rather than nilearn's GM/WM masks, which are dilated
+    and overlap each other."""
     try:
         from nilearn import datasets
     except ImportError:
         raise MeddxError("the MNI152 template needs nilearn (pip install 'meddx[imaging]')") from None
     return {"t1": _nilearn_volume(datasets.load_mni152_template(resolution=resolution)),
             "brain": _nilearn_volume(datasets.load_mni152_brain_mask(resolution=resolution)),
-            "gm": _nilearn_volume(datasets.load_mni152_gm_mask(resolution=resolution)),
-            "wm": _nilearn_volume(datasets.load_mni152_wm_mask(resolution=resolution))}
+            "gm": _nilearn_volume(datasets.load_mni152_gm_template(resolution=resolution)),
+            "wm": _nilearn_volume(datasets.load_mni152_wm_template(resolution=resolution))}
 
 
 def colin27_on_mni152(resolution: int = 2) -> dict[str, np.ndarray]:

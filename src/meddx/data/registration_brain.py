@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from meddx.data.dataset import DataBundle
-from meddx.data.registration import PairSet, add_pair
+from meddx.data.registration_pairs import PairSet, add_pair
 
 BRAIN_STRUCTURES = ["background", "other brain", "grey matter", "white matter"]
 SHAPE_3D = (48, 64, 56)  # MNI152 at 4 mm (48 x 59 x 50), padded to multiples of 8

@@ -86,8 +86,12 @@ def read_landmarks(path: str | Path, ndim: int) -> tuple[np.ndarray, np.ndarray]
     """A CSV of corresponding points in voxel indices: per row the fixed point then the moving point
     (``z,y,x`` order, 2D: ``y,x``), e.g. header ``fy,fx,my,mx``; an empty file is an error."""
     p = Path(path)
+    import warnings
+
     try:
-        rows = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported below as one line
+            rows = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2)
     except (OSError, ValueError) as exc:
         raise MeddxError(f"cannot read landmarks ({str(exc).splitlines()[0]})", p) from None
     if rows.size == 0:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from meddx.utils.cli import console as _console
 from meddx.utils.cli import user_errors
 
 app = typer.Typer()
@@ -30,4 +29,4 @@ def register(
 
     result = register_files(fixed, moving, run=None if run == "-" else run, labels=labels, landmarks=landmarks,
                             out_dir=out, method=method, device=device)
-    _console().print(json.dumps(result, indent=1))
+    typer.echo(json.dumps(result, indent=1))  # plain: a rich console would wrap long paths inside the JSON

@@ -18,24 +18,32 @@ class RegistrationNet(nn.Module):
     """``backbone`` (2 -> D channels) + optional scaling-and-squaring integration."""
 
     def __init__(self, backbone: nn.Module, spatial_dims: int, integrate: bool = True, multiple: int = 8,
-                 steps: int = 7) -> None:
+                 steps: int = 7, half_res: bool = False) -> None:
         super().__init__()
         from monai.networks.blocks import DVF2DDF
 
         self.backbone = backbone
         self.spatial_dims = spatial_dims
-        self.multiple = multiple
+        self.half_res = half_res  # VoxelMorph's option: the field at half resolution, upsampled (4-8x cheaper)
+        self.multiple = multiple * (2 if half_res else 1)
         self.integrate = DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border") if integrate else None
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         spatial = pair.shape[2:]
-        pad = [(-s) % self.multiple for s in spatial]
+        # sides: multiples of the stride, and at least two of them (instance norm needs > 1 voxel at the bottom)
+        pad = [max((-s) % self.multiple, 2 * self.multiple - s) for s in spatial]
         if any(pad):
             widths = [w for p in reversed(pad) for w in (0, p)]
             pair = F.pad(pair, widths, mode="replicate")
+        full = pair.shape[2:]
+        if self.half_res:
+            pair = F.avg_pool2d(pair, 2) if self.spatial_dims == 2 else F.avg_pool3d(pair, 2)
         field = self.backbone(pair).float()
         if self.integrate is not None:
             field = self.integrate(field)
+        if self.half_res:  # displacements in half-resolution voxels: upsample and double
+            field = 2.0 * F.interpolate(field, size=full, mode="bilinear" if self.spatial_dims == 2 else "trilinear",
+                                        align_corners=False)
         return field[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
 
 
@@ -54,16 +62,16 @@ def _small_last_conv(model: nn.Module, gain: float = 1e-2) -> None:
 
 
 def build_regunet(in_channels: int, num_classes: int, input_size: int = 64, spatial_dims: int = 2) -> nn.Module:
-    """MONAI ``UNet`` (16-32-32-64, three stride-2 levels, residual units) predicting a stationary velocity field,
-    integrated by scaling and squaring. ``num_classes`` (label structures) does not size the output: one
-    displacement channel per spatial axis."""
+    """MONAI ``UNet`` (16-32-32-64, three stride-2 levels, residual units) predicting a stationary velocity field
+    at half resolution, integrated by scaling and squaring and upsampled. ``num_classes`` (label structures) does
+    not size the output: one displacement channel per spatial axis."""
     from monai.networks.nets import UNet
 
     unet = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=16,
                 channels=(16, 32, 32, 64), strides=(2, 2, 2), num_res_units=1, norm="instance", act="LEAKYRELU")
     head = nn.Sequential(unet, nn.LeakyReLU(0.2), _conv(spatial_dims)(16, spatial_dims, 3, padding=1))
     _small_last_conv(head)
-    return RegistrationNet(head, spatial_dims, integrate=True)
+    return RegistrationNet(head, spatial_dims, integrate=True, half_res=True)
 
 
 def build_voxelmorph(in_channels: int, num_classes: int, input_size: int = 64, spatial_dims: int = 2) -> nn.Module:
