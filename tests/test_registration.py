@@ -116,6 +116,7 @@ def _train_one_epoch(tmp_path, shape, model="regunet_svf"):
     return run, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
 def test_one_epoch_end_to_end(tmp_path, shape):
     run, m = _train_one_epoch(tmp_path, shape)

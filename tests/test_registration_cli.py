@@ -73,6 +73,7 @@ def test_identity_and_bad_inputs(pair2d, tmp_path):
     assert res.exit_code != 0 and "needs a trained registration run" in res.output
 
 
+@pytest.mark.slow
 def test_learned_through_register_and_predict(tmp_path, pair2d):
     from meddx.data.registration import load_phantom_pairs
     from meddx.engine.config import TrainConfig
