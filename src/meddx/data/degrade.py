@@ -188,24 +188,32 @@ def undersample_mri(image: np.ndarray, acceleration: int = 4, kind: str = "equis
 # ------------------------------------------------------------------------------------------ batches
 
 
-def degrade_ct_batch(hu: np.ndarray, degradation: Degradation, seed: int, pixel_mm: float = 1.0) -> np.ndarray:
-    """(N, H, W) HU -> degraded FBP HU; image ``i`` uses seed ``[seed, i]`` so a batch is reproducible."""
+def image_seed(image_id: str, seed: int = 0) -> int:
+    """A stable per-image seed from its id (crc32), so an image is degraded the same way in every run."""
+    import zlib
+
+    return (zlib.crc32(image_id.encode()) + 1_000_003 * seed) % (2 ** 32)
+
+
+def degrade_ct_batch(hu: np.ndarray, degradation: Degradation, seeds: list[int], pixel_mm: np.ndarray
+                     ) -> np.ndarray:
+    """(N, H, W) HU -> degraded FBP HU; image ``i`` uses ``seeds[i]`` and its own pixel size."""
     out = np.empty(hu.shape, np.float32)
     for i, img in enumerate(hu):
         if degradation.kind == "lowdose":
-            out[i] = low_dose_ct(img, degradation.photons, seed=[seed, i], views=degradation.views,
-                                 pixel_mm=pixel_mm)
+            out[i] = low_dose_ct(img, degradation.photons, seeds[i], degradation.views, float(pixel_mm[i]))
         else:
-            out[i] = sparse_view_ct(img, degradation.views, pixel_mm)
+            out[i] = sparse_view_ct(img, degradation.views, float(pixel_mm[i]))
     return out
 
 
-def degrade_mri_batch(images: np.ndarray, degradation: Degradation, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) magnitude -> ((N, H, W) complex zero-filled, (N, W) masks); a fresh mask per image for random
-    masks (seed ``seed * 100003 + i``), the same equispaced mask for all (its offset drawn from ``seed``)."""
+def degrade_mri_batch(images: np.ndarray, degradation: Degradation, seeds: list[int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) magnitude -> ((N, H, W) complex zero-filled, (N, W) masks); random masks are drawn per image
+    (``seeds[i]``), the equispaced mask (its offset drawn from seed 0) is the same for every image."""
     zf = np.empty(images.shape, np.complex64)
     masks = np.empty((images.shape[0], images.shape[2]), bool)
     for i, img in enumerate(images):
-        s = seed * 100_003 + (i if degradation.mask == "random" else 0)
+        s = seeds[i] if degradation.mask == "random" else 0
         zf[i], masks[i] = undersample_mri(img, degradation.acceleration, degradation.mask, s)
     return zf, masks

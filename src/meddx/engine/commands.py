@@ -30,6 +30,8 @@ def _train_config(**kw: Any):
 def train(
     data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
     task: str | None = typer.Option(None, help="classification (default) or another registered task"),
+    degrade: str | None = typer.Option(None, help="reconstruction: lowdose | lowdose1024 | sparseview | "
+                                       "sparseview90 | mri4x | mri8x | mri4x-random"),
     positive_class: str | None = typer.Option(None, help="binary: the finding (class name or id) that "
                                               "sensitivity, PPV and ROC are for; default: the data set's"),
     model: str | None = typer.Option(None, help="registered model (see `meddx models`)"),
@@ -59,7 +61,7 @@ def train(
     """Train a model; writes a run folder with config, history and checkpoints."""
     from meddx.engine.fit import fit
 
-    cfg = _train_config(data=data, task=task, positive_class=positive_class, model=model, size=size,
+    cfg = _train_config(data=data, task=task, degrade=degrade, positive_class=positive_class, model=model, size=size,
                         data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,

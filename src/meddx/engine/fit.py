@@ -84,6 +84,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kin
         # applies the same mapping (meddx.data.intensity)
         "intensity_mapping": data.extra.get("intensity_mapping"),
         "positive_class": positive_class(cfg, data),  # binary: the finding's class id
+        "degrade": cfg.degrade,  # reconstruction: the simulated degradation
     }
 
 

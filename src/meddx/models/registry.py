@@ -52,6 +52,12 @@ _SPECS = (
     ModelSpec("centernet_slim", "detectors:build_centernet_slim",
               "CenterNet heat-map detector, narrow ResNet encoder + FPN (2D stride 4, 3D stride 2)", "torch.nn",
               "", "", (2, 3), "detector"),
+    ModelSpec("recon_unet", "recon_nets:build_recon_unet", "residual MONAI U-Net 16-128 ch (CT denoising / FBP "
+              "post-processing, reconstruction)", "MONAI", "", "", (2,), "reconstructor"),
+    ModelSpec("dncnn", "recon_nets:build_dncnn", "DnCNN-style residual CNN, 10 x 48 ch (reconstruction)",
+              "torch.nn", "", "", (2,), "reconstructor"),
+    ModelSpec("recon_unet_dc", "recon_nets:build_recon_unet_dc", "2 cascades of U-Net + k-space data consistency "
+              "(undersampled MRI, reconstruction)", "MONAI", "", "", (2,), "reconstructor"),
 )
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 DEFAULT_MODEL = "resnet18_slim"
