@@ -55,7 +55,7 @@ def test_bad_inputs_are_one_line_errors(tiny_phantom):
     with pytest.raises(MeddxError, match="smaller than the training patch"):
         ReconstructionTask("lowdose", (32, 32), patch=48)
     with pytest.raises(MeddxError, match="complex"):
-        check_slice(np.ones((32, 32), complex), 32, mri=False)
+        check_slice(np.ones((32, 32), complex), mri=False)
     with pytest.raises(MeddxError, match="HU"):
         check_range(np.random.default_rng(0).random((4, 32, 32)), "ct")
     with pytest.raises(MeddxError, match=r"\[0, 1\]"):
@@ -74,3 +74,50 @@ def test_cli_patch_larger_than_image_is_one_line(tmp_path):
                                    "--patch", "48", "--out", str(tmp_path), "--epochs", "1"])
     assert res.exit_code == 2
     assert "smaller than the training patch" in res.output and "Traceback" not in res.output
+
+
+def _require_file(path):
+    import os
+    from pathlib import Path
+
+    if not Path(path).exists():
+        msg = f"{path} not installed (Debian package)"
+        if os.environ.get("MEDDX_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + "; MEDDX_REQUIRE_SHARED=1 forbids skipping")
+        pytest.skip(msg)
+
+
+def test_cranium_head_ct_loader():
+    from meddx.data.recon_data import CRANIUM, read_cranium
+
+    _require_file(CRANIUM)
+    vol, spacing = read_cranium()
+    assert vol.shape == (108, 256, 256) and spacing[1] == pytest.approx(0.957, abs=1e-3)
+    assert vol.min() == pytest.approx(-1024) and vol.max() > 1000  # HU: air and bone
+
+
+def test_real_ct_bundle_is_split_by_volume():
+    from meddx.data.recon_data import CRANIUM, describe, load_real_ct
+    from tests.conftest import shared_path
+
+    _require_file(CRANIUM)
+    shared_path("totalsegmentator_examples", "example_ct_dicom")
+    b = load_real_ct(64)
+    d = describe(b)
+    assert set(d["train"]) == {"cranium"} and set(d["test"]) == {"totalseg-ct_dicom"}
+    assert "pydicom-CT_small" in d["val"] and d["test"]["totalseg-ct_dicom"] == 20
+    assert b.train.images.shape[1:] == (1, 64, 64) and float(b.test.images.min()) < -900
+
+
+def test_real_mri_bundle_is_split_by_volume():
+    from meddx.data.recon_data import COLIN27, describe, load_real_mri
+    from tests.conftest import require_module, shared_path
+
+    _require_file(COLIN27)
+    require_module("nilearn")
+    shared_path("pyradiomics_testcases", "brain2_image.nrrd")
+    b = load_real_mri(64)
+    d = describe(b)
+    assert set(d["train"]) == {"mni152", "brain1"} and set(d["val"]) == {"brain2"} and set(d["test"]) == {"colin27"}
+    for split in (b.train, b.val, b.test):
+        assert 0.0 <= float(split.images.min()) and float(split.images.max()) <= 1.0

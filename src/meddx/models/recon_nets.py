@@ -25,15 +25,25 @@ def _unet(in_channels: int, out_channels: int) -> nn.Module:
                 strides=(2, 2, 2), num_res_units=1, norm="batch")
 
 
+def _zero_head(channels: int, out_channels: int) -> nn.Conv2d:
+    """A 1x1 output convolution starting at zero, so that a residual network starts as the identity (its first
+    outputs are the degraded input, not noise from random weights)."""
+    head = nn.Conv2d(channels, out_channels, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class ResidualUNet(nn.Module):
-    """``x[:, :1] + unet(x)``: the network learns the artefact/noise, not the image."""
+    """``x[:, :1] + head(unet(x))``: the network learns the artefact/noise, not the image."""
 
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
-        self.unet = _unet(in_channels, 1)
+        self.unet = _unet(in_channels, 8)
+        self.head = _zero_head(8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :1] + self.unet(x)
+        return x[:, :1] + self.head(self.unet(x))
 
 
 class DnCNN(nn.Module):
@@ -65,7 +75,7 @@ class UNetDC(nn.Module):
 
     def __init__(self, cascades: int = 2) -> None:
         super().__init__()
-        self.nets = nn.ModuleList(_unet(3, 2) for _ in range(cascades))
+        self.nets = nn.ModuleList(nn.Sequential(_unet(3, 8), _zero_head(8, 2)) for _ in range(cascades))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()

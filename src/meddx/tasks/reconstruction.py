@@ -62,7 +62,10 @@ class ReconstructionTask:
             raise MeddxError(f"--task reconstruction needs clean slices (--data phantom, ct or mri); data "
                              f"{data.name!r} is a {data.task} set", data.source)
         cfg.degrade = cfg.degrade or default_degradation(data.modality)  # stored resolved in config.json and meta
-        return cls(cfg.degrade, data.image_size, data.modality, cfg.patch)
+        task = cls(cfg.degrade, data.image_size, data.modality, cfg.patch)
+        for split in (data.train, data.val):  # degrade now, so that the time budget measures training only
+            task.pairs(split)
+        return task
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ReconstructionTask:
@@ -151,9 +154,9 @@ class ReconstructionTask:
         outs = []
         for i in range(0, len(inputs), batch_size):
             x = inputs[i:i + batch_size].to(device)
-            pad = (-x.shape[-1]) % 8
-            if pad and not self.is_mri:
-                x = F.pad(x, (0, pad, 0, pad), mode="reflect")
+            pad_h, pad_w = (-x.shape[-2]) % 8, (-x.shape[-1]) % 8
+            if (pad_h or pad_w) and not self.is_mri:  # the U-Net halves the size three times
+                x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
             out = model(x).float()
             outs.append(out[..., :inputs.shape[-2], :inputs.shape[-1]].cpu())
         return torch.cat(outs) if outs else torch.zeros((0, 1, *inputs.shape[2:]))
@@ -205,20 +208,22 @@ class ReconstructionTask:
 
     # ---------------------------------------------------------------- files
 
-    def reconstruct_array(self, model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu"
-                          ) -> np.ndarray:
-        """One degraded slice in display units (HU; MRI: complex zero-filled, or a magnitude taken as real) ->
-        the network's slice in display units. MRI masks are regenerated from the run's degradation."""
-        image = check_slice(image, self.side, self.is_mri)
+    def reconstruct_array(self, model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
+                          where: str | Path | None = None) -> np.ndarray:
+        """One degraded 2D slice in display units (HU; MRI: complex zero-filled, or a magnitude taken as real)
+        -> the network's slice in display units. The networks are fully convolutional, so any slice of at least
+        16 px runs (MRI: sides a multiple of 8, its k-space mask regenerated from the run's degradation)."""
+        image = check_slice(image, self.is_mri, where)
         if self.is_mri:
             from meddx.data.degrade import mri_mask
 
-            mask = np.broadcast_to(mri_mask(self.side, self.degradation.acceleration, self.degradation.mask, 0),
+            width = image.shape[1]
+            mask = np.broadcast_to(mri_mask(width, self.degradation.acceleration, self.degradation.mask, 0),
                                    image.shape).astype(np.float32)
             x = np.stack([image.real, image.imag, mask])[None].astype(np.float32)
         else:
             x = (image.astype(np.float32) / HU_SCALE)[None, None]
-        return self.to_display(self.predict(model, torch.from_numpy(x), device))[0]
+        return self.to_display(self.predict(model, torch.from_numpy(np.ascontiguousarray(x)), device))[0]
 
     def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
                       ) -> list[dict[str, Any]]:
@@ -232,7 +237,7 @@ class ReconstructionTask:
             if p.suffix.lower() != ".npy":
                 raise MeddxError("reconstruction runs predict .npy slices here; use `meddx reconstruct` for "
                                  "DICOM, NIfTI and PNG", p)
-            out = self.reconstruct_array(predictor.model, np.asarray(load_npy(p)), predictor.device)
+            out = self.reconstruct_array(predictor.model, np.asarray(load_npy(p)), predictor.device, p)
             target = Path(out_dir or p.parent) / f"{p.stem}_recon.npy"
             _save_npy(target, out)
             results.append({"file": str(p), "output": str(target), "shape": list(out.shape)})
@@ -263,13 +268,15 @@ def check_range(x: np.ndarray, modality: str, where: str | None = None) -> None:
         raise MeddxError(f"MRI slices must be magnitudes scaled to [0, 1]; these span {lo:g}..{hi:g}", where)
 
 
-def check_slice(image: np.ndarray, side: int, mri: bool, where: str | None = None) -> np.ndarray:
-    """One square 2D slice of the run's size; complex only for MRI; finite."""
+def check_slice(image: np.ndarray, mri: bool, where: str | Path | None = None) -> np.ndarray:
+    """One 2D slice of at least 16 px (MRI: sides a multiple of 8); complex only for MRI; finite."""
     image = np.squeeze(np.asarray(image))
     if np.iscomplexobj(image) and not mri:
         raise MeddxError("complex values where a real CT slice (HU) is expected", where)
-    if image.ndim != 2 or image.shape != (side, side):
-        raise MeddxError(f"expected one {side} x {side} slice (the run's size), got shape {image.shape}", where)
+    if image.ndim != 2 or min(image.shape) < 16:
+        raise MeddxError(f"expected one 2D slice of at least 16 x 16 px, got shape {image.shape}", where)
+    if mri and (image.shape[0] % 8 or image.shape[1] % 8):
+        raise MeddxError(f"MRI slices need sides that are multiples of 8 (the U-Net), got {image.shape}", where)
     if not np.isfinite(image).all():
         raise MeddxError("slice contains NaN or infinite values", where)
     return image
