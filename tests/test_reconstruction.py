@@ -33,6 +33,8 @@ def test_one_epoch_end_to_end(tmp_path, tiny_phantom, degrade):
     assert m["degradation"] == degrade and m["n"] == 4
     assert np.isfinite(m["psnr"]) and np.isfinite(m["psnr_input"]) and 0 < m["ssim_input"] <= 1
     assert json.loads((run.path / "config.json").read_text())["degrade"] == degrade
+    baselines = [k for k in m["methods"] if k.startswith(("nlm", "tv", "wavelet", "TV compressed sensing"))]
+    assert len(baselines) == (1 if degrade.startswith("mri") else 3)  # tuned on validation, same test slices
     saved = np.load(run.path / "reconstructions_test.npz")
     assert saved["network"].shape == saved["clean"].shape == (4, 32, 32)
     assert "Reconstruction quality" in (run.path / "report.html").read_text()

@@ -172,8 +172,9 @@ class ReconstructionTask:
                 "ssim": float(np.mean(scores["ssim"]))}
 
     def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]:
-        """PSNR/SSIM (95 % bootstrap CIs) of the network and of the degraded input, per image, on the split;
-        writes ``reconstructions_<split>.npz`` (clean, degraded, network, display units)."""
+        """PSNR/SSIM (95 % bootstrap CIs) of the network, the degraded input and the classical baselines tuned on
+        ``request.reference`` (:meth:`classical`), per image, on the split; writes
+        ``reconstructions_<split>.npz`` (clean, degraded, network, display units)."""
         import time
 
         from meddx.metrics.image_quality import image_scores, summarize_scores
@@ -184,7 +185,7 @@ class ReconstructionTask:
         seconds = (time.perf_counter() - tic) / max(len(inputs), 1)
         clean, degraded, learned = self.to_display(targets), self.to_display(inputs), self.to_display(out)
         rng = self.intensity_range
-        methods = {"degraded input": degraded, "network": learned}
+        methods = {"degraded input": degraded, **self.classical(inputs, request.reference), "network": learned}
         per_method = {k: summarize_scores(image_scores(clean, v, rng), request.n_bootstrap)
                       for k, v in methods.items()}
         net = per_method["network"]
@@ -200,6 +201,32 @@ class ReconstructionTask:
             write_reconstructions(Path(request.out_dir) / f"reconstructions_{request.split_name}.npz",
                                   clean, degraded, learned)
         return metrics, {"clean": clean, "methods": methods, "ids": request.split.ids, "range": rng}
+
+    def classical(self, inputs: torch.Tensor, reference: Split | None, max_tuning: int = 6
+                  ) -> dict[str, np.ndarray]:
+        """Classical baselines on the same inputs, strengths tuned on ``reference`` (the validation split; none
+        when it is absent): NLM, TV and wavelet denoising of the FBP for CT, TV compressed sensing for MRI."""
+        if reference is None or len(reference) == 0:
+            return {}
+        rng = self.intensity_range
+        ref_x, ref_y = self.pairs(reference)
+        clean_ref = self.to_display(ref_y)
+        if self.is_mri:
+            from meddx.classical.mri import tune_tv_cs, tv_cs_batch
+
+            def parts(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+                return (x[:, 0] + 1j * x[:, 1]).numpy(), x[:, 2, 0].numpy() > 0.5
+
+            weight, _ = tune_tv_cs(clean_ref, *parts(ref_x), rng, max_images=max_tuning)
+            return {f"TV compressed sensing (weight {weight:g})": tv_cs_batch(*parts(inputs), weight)}
+        from meddx.classical.denoise import DENOISERS, denoise, tune
+
+        out = {}
+        degraded, degraded_ref = self.to_display(inputs), self.to_display(ref_x)
+        for name in DENOISERS:
+            strength, _ = tune(name, clean_ref, degraded_ref, rng, max_images=max_tuning)
+            out[f"{name} (strength {strength:g})"] = denoise(degraded, name, strength, rng.lo, rng.hi)
+        return out
 
     def report_sections(self, context: dict[str, Any]) -> list[Any]:
         from meddx.report.reconstruction import comparison_section, metrics_section
