@@ -6,8 +6,9 @@ Builds a tiny run in a temporary folder (phantom data, seednet, 1 epoch, no eval
 ``--repeats`` times after one untimed warm-up, as fresh processes: ``import torch``; ``meddx --help``;
 ``meddx predict RUN one.png`` (one 28 px PNG); ``meddx predict RUN empty.png`` (a 0-byte file: the rejection);
 ``meddx explain RUN one.png`` (Grad-CAM); then ``meddx export RUN`` and ``meddx predict RUN one.png`` again,
-which ``--runtime auto`` serves with the exported ``model.onnx`` (ONNX Runtime, no PyTorch import). Commands run as ``python -m meddx.cli`` with this checkout's ``src``
-first on ``PYTHONPATH``. Prints min/median seconds and the median's ratio to the floor, then one JSON line
+which ``--runtime auto`` serves with the exported ``model.onnx`` (ONNX Runtime, no PyTorch import). Commands run
+as ``python -m meddx.cli`` with this checkout's ``src`` first on ``PYTHONPATH``. Prints min/median seconds and
+the median's ratio to the floor, then one JSON line
 (``predict_s``, ``predict_exported_s``, ``reject_s``, ``explain_s``, ``help_s``, ``torch_import_s``: medians).
 """
 
