@@ -28,6 +28,7 @@ def _train_config(**kw: Any):
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
     task: str | None = typer.Option(None, help="classification (default) or another registered task"),
     positive_class: str | None = typer.Option(None, help="binary: the finding (class name or id) that "
@@ -55,9 +56,21 @@ def train(
     tensorboard: bool = typer.Option(False, help="also log to TensorBoard"),
     resume: Path | None = typer.Option(None, help="continue an interrupted run folder"),
     evaluate: bool = typer.Option(True, help="evaluate on the test split and write the report afterwards"),
+    nproc: int = typer.Option(1, help="data-parallel processes on this machine (DDP through torchrun)"),
+    nnodes: str = typer.Option("1", help="machines (or MIN:MAX), each running this command; needs --rdzv-endpoint"),
+    rdzv_endpoint: str | None = typer.Option(None, help="HOST:PORT of the c10d rendezvous (several machines)"),
+    max_restarts: int = typer.Option(0, help="restart all workers this often after a failure (resuming)"),
 ) -> None:
     """Train a model; writes a run folder with config, history and checkpoints."""
     from meddx.engine.fit import fit
+
+    if nproc > 1 or nnodes != "1" or rdzv_endpoint:
+        from meddx.engine.launch import launch_training
+
+        run_path = launch_training(ctx, nproc, nnodes, rdzv_endpoint, max_restarts)  # rank 0 prints the folder
+        if evaluate:
+            _evaluate_and_print(run_path)
+        return
 
     cfg = _train_config(data=data, task=task, positive_class=positive_class, model=model, size=size,
                         data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
@@ -67,8 +80,11 @@ def train(
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
     console = _console(stderr=True)
     run = fit(cfg, resume=resume, console=console)
-    console.print(f"run folder: {run.path}")
-    if evaluate:
+    from meddx.engine.distributed import is_main
+
+    if is_main():  # under torchrun: rank 0 reports and evaluates
+        console.print(f"run folder: {run.path}")
+    if evaluate and is_main():
         _evaluate_and_print(run.path)
 
 
