@@ -113,19 +113,32 @@ def evaluate(
 @user_errors
 def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="run folder or .safetensors checkpoint"),
-    images: list[Path] = typer.Argument(..., metavar="FILE...",
-                                         help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
+    images: list[Path] | None = typer.Argument(None, metavar="FILE...",
+                                                help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     device: str = typer.Option("auto"),
     runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
                                 "for a ptq/qat-compressed run, else torch; onnx is the run's model.onnx"),
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
+    input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
+    output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
+    workers: int | None = typer.Option(None, help="with --input: decoding processes (default: cores - 1)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.data.pixels import check_inputs
+    from meddx.errors import MeddxError
     from meddx.runtimes import check_runtime
 
     check_runtime(runtime)  # a bad option or file fails before torch and the checkpoint load
+    if input is not None or output is not None:
+        if input is None or output is None or images:
+            raise MeddxError("--input and --output go together, without FILE arguments")
+        from meddx.engine.batch_predict import predict_archive
+
+        typer.echo(predict_archive(run, input, output, runtime=runtime, device=device, workers=workers).line())
+        return
+    if not images:
+        raise MeddxError("give image FILEs, or --input DIR|GLOB|CSV --output results.csv|.parquet")
     check_inputs(run, images)
     from meddx.engine.predict import Predictor
 
