@@ -10,14 +10,14 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    from torch.distributed import DistError
-
     from meddx.cli import app
-    from meddx.engine.distributed import lost_peer_message
+    from meddx.engine.distributed import lost_peer, lost_peer_message
 
     try:
         app(["train", *(sys.argv[1:] if argv is None else argv)], prog_name="meddx")
-    except DistError as exc:
+    except RuntimeError as exc:  # torch.distributed.DistError is one; DDP's reducer raises plain RuntimeErrors
+        if not lost_peer(exc):
+            raise
         print(f"error: {lost_peer_message(exc)}", file=sys.stderr)
         sys.exit(3)
 

@@ -277,8 +277,19 @@ def start_on_main(start: Any, *args: Any) -> Any:
     return Path(broadcast_json(path))
 
 
+PEER_LOST = ("gloo", "nccl", "connection reset", "connection closed", "timed out", "timeout", "broken pipe",
+             "processgroup")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because a peer died or stalled (not a bug of this rank)."""
+    import torch.distributed as td
+
+    return isinstance(exc, td.DistError) or any(k in str(exc).lower() for k in PEER_LOST)
+
+
 def lost_peer_message(exc: BaseException) -> str:
     """One line for a collective that failed because another rank died or the group timed out."""
     first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return (f"rank {rank()}: lost the other training processes ({first}); a rank died or stalled past "
-            f"{timeout_s():g} s. Continue with --resume RUN once all are back")
+    return (f"rank {rank()}: lost the other training processes ({first}): a rank died, or stalled longer than "
+            f"the {timeout_s():g} s timeout (MEDDX_DIST_TIMEOUT); continue with --resume RUN")
