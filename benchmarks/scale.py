@@ -141,28 +141,38 @@ def predict_job(run: Path, inputs: str, output: Path) -> subprocess.Popen:
 
 
 def run_job(run: Path, inputs: str, output: Path) -> dict:
-    from meddx.engine.distributed import cores
+    from meddx.engine.batch_predict import decoding_workers
 
     out, err = predict_job(run, inputs, output).communicate()
     line = [x for x in out.splitlines() if x.startswith("RESULT")]
     if not line:
         sys.exit(f"batch prediction failed:\n{err[-3000:]}")
     _, done, seconds, main_kb, worker_kb = line[0].split()
-    workers = max(1, cores() - 1)
+    workers = decoding_workers(None)
     # peak RSS of the job: the main process plus its decoding workers (each at most the largest one's peak)
     return {"files": int(done), "files_per_s": int(done) / float(seconds),
             "rss_mb": (int(main_kb) + workers * int(worker_kb)) / 1024}
 
 
 def naive_rate(run: Path, files: list[Path]) -> float:
+    """Files/s of `Predictor.predict_files([f])` per file, at torch's default threads and at 1 thread (the
+    faster is reported: a busy machine punishes oversubscribed threads)."""
+    import torch
+
     from meddx.engine.predict import Predictor
 
     predictor = Predictor(run, device="cpu")
     predictor.predict_files([files[0]])  # warm-up
-    t0 = time.time()
-    for f in files:
-        predictor.predict_files([f])
-    return len(files) / (time.time() - t0)
+    default, rates = torch.get_num_threads(), []
+    for threads in (default, 1):
+        torch.set_num_threads(threads)
+        t0 = time.time()
+        for f in files:
+            predictor.predict_files([f])
+        rates.append(len(files) / (time.time() - t0))
+    torch.set_num_threads(default)
+    print(f"  naive loop: {rates[0]:.1f} files/s at {default} threads, {rates[1]:.1f} at 1 thread")
+    return max(rates)
 
 
 def kill_and_rerun(run: Path, folder: Path, work: Path, after: int) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from meddx.engine.batch_output import open_table
+from meddx.engine.distributed import cores
 from meddx.errors import MeddxError
 
 
@@ -161,8 +162,12 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
     done = table.done()
     pending = [p for p in paths if p not in done]
     t0, written, errors = time.time(), 0, 0
-    loader = _loader(pending, rt.meta, batch_size, workers)
-    with _bar(len(pending), progress) as advance:
+    n_workers = decoding_workers(workers)
+    loader = _loader(pending, rt.meta, batch_size, n_workers)
+    threads = torch.get_num_threads()
+    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured)
+    torch.set_num_threads(max(1, cores() - n_workers))
+    with _bar(len(pending), progress) as advance, _restore_threads(threads):
         said: set[str] = set()
         for images, names, errs, notices in loader:
             _print_notices(notices, said)
@@ -175,10 +180,23 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
     return BatchSummary(out, len(paths), len(paths) - len(pending), written, errors, time.time() - t0)
 
 
-def _loader(paths: list[str], meta: dict[str, Any], batch_size: int, workers: int | None):
-    from meddx.engine.distributed import cores
+def decoding_workers(workers: int | None) -> int:
+    """``workers``, else one core less than this process may use (at least one)."""
+    return max(1, cores() - 1) if workers is None else max(0, workers)
 
-    n = max(1, cores() - 1) if workers is None else workers
+
+class _restore_threads:
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.threads)
+
+
+def _loader(paths: list[str], meta: dict[str, Any], batch_size: int, n: int):
     return torch.utils.data.DataLoader(FileDataset(paths, meta), batch_size=batch_size, num_workers=n,
                                        collate_fn=collate, worker_init_fn=_one_thread if n else None,
                                        prefetch_factor=2 if n else None, persistent_workers=False)
