@@ -170,3 +170,19 @@ def test_cli_input_output(run_dir, tmp_path):
     assert r.exit_code == 2 and "error: --input and --output go together" in r.output
     r = CliRunner().invoke(app, ["predict", str(run_dir)])
     assert r.exit_code == 2 and "error: give image FILEs" in r.output
+
+
+def test_onnx_runtime_gives_the_torch_rows(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from meddx.deploy.compress import export_run
+
+    export_run(run_dir)
+    root = _archive(tmp_path / "a", n=6)
+    torch_rows = _read_csv(predict_archive(run_dir, root, tmp_path / "t.csv", workers=0, progress=False).output)
+    onnx_rows = _read_csv(predict_archive(run_dir, root, tmp_path / "o.csv", runtime="onnx", workers=0,
+                                          progress=False).output)
+    assert [r["file"] for r in onnx_rows] == [r["file"] for r in torch_rows] and len(onnx_rows) == 9
+    for a, b in zip(torch_rows, onnx_rows):
+        assert a["status"] == b["status"] and a["label"] == b["label"]
+        if a["status"] == "ok":
+            assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
