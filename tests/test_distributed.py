@@ -263,3 +263,22 @@ def test_restart_resumes_and_gathered_validation_equals_single_process(data_file
     quick = task.quick_metrics(data.val.labels.numpy(), single)
     assert rows[-1]["val_auc"] == pytest.approx(quick["auc"], abs=1e-9)
     assert rows[-1]["val_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_worker_command_line_repeats_the_train_options(tmp_path):
+    """`meddx train --nproc 2 ...` hands the workers every option that differs from its default, minus the
+    launcher's own, with a fixed run name and without the evaluation (the launcher evaluates once)."""
+    import typer
+
+    from meddx.engine.commands import app as engine_app
+    from meddx.engine.launch import worker_args
+
+    train = typer.main.get_command(engine_app).commands["train"]
+    ctx = train.make_context("train", ["--data", "x.npz", "--epochs", "3", "--class-weights", "--nproc", "2",
+                                       "--max-restarts", "1", "--lr", "0.01"])
+    args = worker_args(ctx, "myrun")
+    assert args[:3] == ["--name", "myrun", "--no-evaluate"]
+    pairs = dict(zip(args[3::2], args[4::2]))
+    assert "--class-weights" in args and pairs.get("--data") == "x.npz" and pairs.get("--epochs") == "3"
+    assert "--lr" in args and float(args[args.index("--lr") + 1]) == 0.01
+    assert not {"--nproc", "--max-restarts", "--nnodes", "--evaluate", "--seed"} & set(args)
