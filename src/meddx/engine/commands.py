@@ -122,7 +122,7 @@ def predict(
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
     input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
     output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
-    workers: int | None = typer.Option(None, help="with --input: decoding processes (default: cores - 1)"),
+    workers: int | None = typer.Option(None, help="with --input: decoding processes (default: a quarter of the cores)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.data.pixels import check_inputs
