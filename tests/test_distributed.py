@@ -282,3 +282,19 @@ def test_worker_command_line_repeats_the_train_options(tmp_path):
     assert "--class-weights" in args and pairs.get("--data") == "x.npz" and pairs.get("--epochs") == "3"
     assert "--lr" in args and float(args[args.index("--lr") + 1]) == 0.01
     assert not {"--nproc", "--max-restarts", "--nnodes", "--evaluate", "--seed"} & set(args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,extra", [("segmentation", ["--size", "32"]),
+                                        ("detection", ["--size", "64", "--batch-size", "8"])])
+def test_other_tasks_train_under_ddp(task, extra, tmp_path):
+    """Every task of the protocol trains through `meddx train --nproc 2` (validation on rank 0, broadcast)."""
+    out = tmp_path / "runs"
+    r = subprocess.run([PY, "-m", "meddx.cli", "train", "--data", "phantom", "--task", task, *extra, "--epochs", "1",
+                        "--nproc", "2", "--out", str(out), "--name", "t", "--no-evaluate"], cwd=tmp_path, env=ENV,
+                       capture_output=True, text=True, timeout=LIMIT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "t" / "history.jsonl").read_text().splitlines()]
+    monitor = {"segmentation": "val_dice", "detection": "val_map50"}[task]
+    assert len(rows) == 1 and 0.0 <= rows[0][monitor] <= 1.0 and np.isfinite(rows[0]["train_loss"])
+    assert [p.name for p in out.iterdir()] == ["t"] and (out / "t" / "last.safetensors").is_file()
