@@ -101,6 +101,7 @@ def test_parquet_parts_survive_an_unclosed_run(run_dir, tmp_path):
     table.append([{"file": "y.png", "status": "error", "error": "broken"}])
     # killed here: no output file yet, but the parts say what is done
     assert not out.exists() and open_table(out, ["a", "b"]).done() == {"x.png", "y.png"}
+    (tmp_path / "res.parquet.parts" / ".part-00000002.parquet.abc.tmp").write_bytes(b"cut")  # a kill mid-write
     open_table(out, ["a", "b"]).close()
     merged = pq.read_table(out).to_pylist()
     assert [r["file"] for r in merged] == ["x.png", "y.png"] and merged[1]["p_a"] is None
@@ -133,7 +134,7 @@ def test_kill9_then_rerun_writes_every_file_exactly_once(run_dir, tmp_path, suff
     root = tmp_path / "many"
     root.mkdir()
     rng = np.random.default_rng(1)
-    for i in range(600):
+    for i in range(1000):
         Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / f"f{i:04d}.png")
     out = tmp_path / f"res{suffix}"
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(run_dir), str(root), str(out)], env=ENV)
@@ -149,7 +150,7 @@ def test_kill9_then_rerun_writes_every_file_exactly_once(run_dir, tmp_path, suff
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     summary = predict_archive(run_dir, root, out, batch_size=64, workers=1, progress=False)
-    assert summary.skipped > 0 and summary.skipped + summary.done == 600
+    assert summary.skipped > 0 and summary.skipped + summary.done == 1000
     if suffix == ".csv":
         files = [r["file"] for r in _read_csv(out)]
     else:

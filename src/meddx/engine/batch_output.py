@@ -126,9 +126,9 @@ class ParquetTable:
                 for src in sources:
                     for i in range((f := pq.ParquetFile(src)).num_row_groups):
                         writer.write_table(f.read_row_group(i))
-        for part in self._part_files():
-            part.unlink()
-        self.parts.rmdir()
+        import shutil
+
+        shutil.rmtree(self.parts)  # the merged parts, and any temporary a kill left mid-write
         return self.path
 
     def _part_files(self) -> list[Path]:
