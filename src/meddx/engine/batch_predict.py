@@ -13,6 +13,8 @@ import csv
 import glob
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,15 +188,12 @@ def decoding_workers(workers: int | None) -> int:
     return max(1, cores() // 4) if workers is None else max(0, workers)
 
 
-class _restore_threads:
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_num_threads(self.threads)
+@contextmanager
+def _restore_threads(threads: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _loader(paths: list[str], meta: dict[str, Any], batch_size: int, n: int):
