@@ -104,6 +104,8 @@ def predict(
     runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
                                 "for a ptq/qat-compressed run, else torch; onnx is the run's model.onnx"),
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
+    dicom_out: Path | None = typer.Option(None, help="DICOM inputs: also write de-identified DICOM results here "
+                                          "(TID 1500 SR + heat-map SC for classification, SEG for masks)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.data.pixels import check_inputs
@@ -114,7 +116,12 @@ def predict(
     from meddx.engine.predict import Predictor
 
     predictor = Predictor(run, device=device, runtime=runtime)
-    results = predictor.predict_files(list(images), out_dir=out)
+    if dicom_out is not None:
+        from meddx.pacs.results import predict_dicom_out
+
+        results = predict_dicom_out(predictor, list(images), dicom_out)
+    else:
+        results = predictor.predict_files(list(images), out_dir=out)
     used = {"runtime": predictor.runtime.label, "model_files": [str(f) for f in predictor.files]}
     if as_json or "probabilities" not in results[0]:
         typer.echo(json.dumps([r | used for r in results], indent=2))
