@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 MANUFACTURER = "meddx"
+STUDY_DESCRIPTION = "meddx de-identified"  # on every instance meddx writes or de-identifies (see deid.MARK)
 SCHEME = "99MEDDX"  # private coding scheme for the run's class names (they have no standard code)
 
 

@@ -17,6 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from meddx.dicomio.common import STUDY_DESCRIPTION as MARK  # noqa: F401  (``pacs watch`` skips these studies)
 from meddx.errors import MeddxError
 
 # PS3.15 Table E.1-1 basic-profile actions for elements dicognito 0.19 leaves unchanged (checked by a test):
@@ -37,7 +38,6 @@ REMOVE = (
 )
 EMPTY = ("ReferringPhysicianName", "PatientSex", "StudyID")
 METHOD = "meddx: PS3.15 E.1 basic profile (dicognito + meddx table)"
-MARK = "meddx de-identified"  # StudyDescription of every de-identified instance (``pacs watch`` skips these)
 
 
 class Deidentifier:
@@ -54,6 +54,7 @@ class Deidentifier:
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
             raise MeddxError("has burned-in annotation (BurnedInAnnotation YES): pixels may show identity and "
                              "are never scrubbed; refused", source)
+        _check_uids(ds, source)
         self._anonymizer.anonymize(ds)
         ds.remove_private_tags()
         for keyword in REMOVE:
@@ -88,12 +89,11 @@ def read_deidentified(paths: list[Path], deidentifier: Deidentifier) -> list[Any
     for path in paths:
         read_header(path)  # a clear one-line error for files that are not DICOM
         ds = pydicom.dcmread(str(path), force=True)
-        _check_uids(ds, path)
         out.append(deidentifier(ds, path))
     return out
 
 
-def _check_uids(ds: Any, path: Path) -> None:
+def _check_uids(ds: Any, path: str | Path) -> None:
     """SOP Class/Instance UIDs blanked in the data set but kept in the file meta (as some anonymisers leave
     them) are restored from it; a missing Study/Series Instance UID cannot be referenced and is refused."""
     meta = getattr(ds, "file_meta", None)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from meddx.dicomio.common import MANUFACTURER, Producer, derived_uid
+from meddx.dicomio.common import MANUFACTURER, STUDY_DESCRIPTION, Producer, derived_uid
 
 
 def overlay_rgb(display: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -39,6 +39,7 @@ def heatmap_sc(source: Any, rgb: np.ndarray, producer: Producer, target: str, se
         series_description=f"meddx {producer.name} heat map"[:64])
     if "Laterality" in source:  # General Series type 2C: kept as the source states it (empty when unknown)
         sc.Laterality = source.Laterality
+    sc.StudyDescription = STUDY_DESCRIPTION
     sc.ImageComments = f"heat map for {target} ({producer.name}); not for diagnosis"
     sc.DerivationDescription = "model input blended with a heat map (jet colour map)"
     return sc

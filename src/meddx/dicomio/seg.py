@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from meddx.dicomio.common import MANUFACTURER, Producer, class_code, derived_uid
+from meddx.dicomio.common import MANUFACTURER, STUDY_DESCRIPTION, Producer, class_code, derived_uid
 
 CATEGORY = ("91723000", "SCT", "Anatomical Structure")
 
@@ -28,7 +28,7 @@ def segmentation_seg(sources: Sequence[Any], labels: np.ndarray, producer: Produ
         segmented_property_type=class_code(k, producer.classes[k]),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=producer.algorithm()) for k in range(1, len(producer.classes))]
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=list(sources), pixel_array=np.ascontiguousarray(labels.astype(np.uint8)),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=derived_uid(study, producer.name, "seg-series"), series_number=series_number,
@@ -36,6 +36,8 @@ def segmentation_seg(sources: Sequence[Any], labels: np.ndarray, producer: Produ
         manufacturer=MANUFACTURER, manufacturer_model_name=producer.name[:64],
         software_versions=producer.version[:64], device_serial_number="0",
         series_description=f"meddx {producer.name} masks"[:64], omit_empty_frames=False)
+    seg.StudyDescription = STUDY_DESCRIPTION
+    return seg
 
 
 def labels_on_sources(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) -> np.ndarray:

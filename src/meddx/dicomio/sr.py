@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meddx.dicomio.common import MANUFACTURER, SCHEME, Producer, class_code, derived_uid
+from meddx.dicomio.common import MANUFACTURER, SCHEME, STUDY_DESCRIPTION, Producer, class_code, derived_uid
 
 PROBABILITY = ("P", SCHEME, "Probability of finding")
 IMAGING_PROCEDURE = ("363679005", "SCT", "Imaging procedure")
@@ -42,11 +42,13 @@ def classification_sr(findings: Sequence[ImageFinding], producer: Producer, seri
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=CodedConcept(*IMAGING_PROCEDURE),
                                      imaging_measurements=groups)
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[f.source for f in findings], content=report[0],
         series_instance_uid=derived_uid(study, producer.name, "sr-series"), series_number=series_number,
         sop_instance_uid=derived_uid(study, producer.name, producer.version, "sr"), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, series_description=f"meddx {producer.name} findings"[:64])
+    sr.StudyDescription = STUDY_DESCRIPTION
+    return sr
 
 
 def _group(finding: ImageFinding, producer: Producer, algorithm: Any, n: int) -> Any:

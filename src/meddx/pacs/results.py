@@ -21,6 +21,14 @@ from meddx.errors import MeddxError
 
 
 @dataclass
+class Case:
+    """What the model sees as one input: a single image, or a series (a folder) for volume models."""
+
+    instances: list[Any]  # de-identified pydicom Datasets
+    series: bool = False
+
+
+@dataclass
 class DicomResults:
     sources: list[Any]  # de-identified input instances (pydicom Datasets)
     outputs: list[Any]  # SR / SEG / SC Datasets
@@ -52,19 +60,26 @@ def dicom_results(predictor: Any, inputs: list[Path], key: str | None = None, he
     from meddx.dicomio.deid import Deidentifier
 
     deidentify = Deidentifier(key)
+    cases = [_read_case(Path(p), deidentify) for p in inputs]
+    res = results_for_cases(predictor, cases, heatmap)
+    for result, original in zip(res.results, inputs):
+        result["file"] = str(original)
+    return res
+
+
+def results_for_cases(predictor: Any, cases: list[Case], heatmap: bool = True) -> DicomResults:
+    """Predict on de-identified cases (each a single image or a series folder) and build SR / SEG / SC."""
     producer = producer_for(predictor)
     with tempfile.TemporaryDirectory(prefix="meddx-dicom-") as tmp:
-        cases = _deidentified_copies(inputs, deidentify, Path(tmp))
-        work = [path for path, _ in cases]
+        work = [_write_case(case, Path(tmp) / f"case{n:04d}") for n, case in enumerate(cases)]
         results = predictor.predict_files(work, out_dir=Path(tmp) / "masks")
-        for result, original in zip(results, inputs):
-            result["file"] = str(original)
+        pairs = list(zip(work, [c.instances for c in cases]))
         if predictor.task.is_classifier:
-            outputs, notes = _classification_outputs(predictor, producer, cases, results, heatmap)
+            outputs, notes = _classification_outputs(predictor, producer, pairs, results, heatmap)
         else:
-            outputs, notes = _segmentation_outputs(producer, cases, results), []
-    sources = [ds for _, series in cases for ds in series]
-    return DicomResults(sources, outputs, results, notes, [str(series[0].StudyInstanceUID) for _, series in cases])
+            outputs, notes = _segmentation_outputs(producer, pairs, results), []
+    sources = [ds for case in cases for ds in case.instances]
+    return DicomResults(sources, outputs, results, notes, [str(c.instances[0].StudyInstanceUID) for c in cases])
 
 
 def write_outputs(outputs: list[Any], out_dir: Path) -> list[Path]:
@@ -87,31 +102,28 @@ def predict_dicom_out(predictor: Any, inputs: list[Path], out_dir: Path) -> list
     return res.results
 
 
-def _deidentified_copies(inputs: list[Path], deidentify: Any, tmp: Path) -> list[tuple[Path, list[Any]]]:
-    """(the path the predictor reads, the de-identified instances behind it) per input, under neutral names."""
+def _read_case(path: Path, deidentify: Any) -> Case:
     from meddx.data.volumes import _dicom_files
     from meddx.dicomio.deid import read_deidentified
 
-    cases = []
-    for n, path in enumerate(inputs):
-        path = Path(path)
-        if not path.exists():
-            raise MeddxError("file not found", path)
-        files = _dicom_files(path) if path.is_dir() else [path]
-        if not files:
-            raise MeddxError("folder holds no DICOM files", path)
-        series = read_deidentified(files, deidentify)
-        if path.is_dir():
-            folder = tmp / f"case{n:04d}"
-            folder.mkdir()
-            for i, ds in enumerate(series):
-                ds.save_as(str(folder / f"{i:05d}.dcm"), enforce_file_format=True)
-            cases.append((folder, series))
-        else:
-            target = tmp / f"case{n:04d}.dcm"
-            series[0].save_as(str(target), enforce_file_format=True)
-            cases.append((target, series))
-    return cases
+    if not path.exists():
+        raise MeddxError("file not found", path)
+    files = _dicom_files(path) if path.is_dir() else [path]
+    if not files:
+        raise MeddxError("folder holds no DICOM files", path)
+    return Case(read_deidentified(files, deidentify), path.is_dir())
+
+
+def _write_case(case: Case, target: Path) -> Path:
+    """The de-identified instances under neutral names: ``target.dcm``, or a folder for a series."""
+    if not case.series:
+        path = target.with_suffix(".dcm")
+        case.instances[0].save_as(str(path), enforce_file_format=True)
+        return path
+    target.mkdir()
+    for i, ds in enumerate(case.instances):
+        ds.save_as(str(target / f"{i:05d}.dcm"), enforce_file_format=True)
+    return target
 
 
 def _classification_outputs(predictor: Any, producer: Any, cases: list, results: list, heatmap: bool
