@@ -58,6 +58,15 @@ def cold_run(run: Path, url: str, study: str) -> tuple[float, str, dict]:
     return wall, p.stdout + p.stderr, json.loads(p.stdout[p.stdout.index("{"):])
 
 
+def cold_predict(run: Path, source: Path, out: Path) -> float:
+    """The reference for the cold round trip: plain ``meddx predict`` on the same input in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "meddx.cli", "predict", str(run), str(source), "--json", "--device", "cpu",
+                    "--out", str(out)], capture_output=True, env=env, timeout=600, check=True)
+    return time.perf_counter() - t
+
+
 def warm_run(predictor, url: str, study: str, source: Path) -> dict:
     """In-process: one warm-up, then the timed round trip; beside it the plain prediction on the same input."""
     from meddx.pacs.client import Pacs
@@ -170,6 +179,7 @@ def main() -> None:
             study = str(pydicom.dcmread(str(source if source.is_file() else sorted(source.iterdir())[0]))
                         .StudyInstanceUID)
             cold, text, out = cold_run(runs[key], url, study)
+            cold_plain = cold_predict(runs[key], source, work / "masks")
             texts.append(text)
             warm = warm_run(Predictor(runs[key], device="cpu"), url, study, source)
             n, hd_err, dvfy = check_stored(url, out["study"])
@@ -177,13 +187,15 @@ def main() -> None:
             checks["highdicom_errors"] += hd_err
             checks["dciodvfy"] += dvfy
             stored_texts += [str(ds) for ds in Pacs(url).retrieve_study(out["study"])]
-            rows.append({"case": label, "cold CLI s": cold, "warm s": warm["total"],
+            rows.append({"case": label, "cold CLI s": cold, "cold predict CLI s": cold_plain,
+                         "cold/plain": cold / cold_plain, "warm s": warm["total"],
                          "pull": warm["outcome"].seconds["pull"], "predict": warm["outcome"].seconds["predict"],
                          "push": warm["outcome"].seconds["push"], "plain predict s": warm["plain"],
                          "warm/plain": warm["total"] / max(warm["plain"], 1e-9), "target s": target,
                          "stored": out["stored"]})
-    print_table(rows, ["case", "cold CLI s", "warm s", "pull", "predict", "push", "plain predict s", "warm/plain",
-                       "target s", "stored"], "pacs run round trip (Orthanc on loopback, 2 shared CPU cores)")
+    print_table(rows, ["case", "cold CLI s", "cold predict CLI s", "cold/plain", "warm s", "pull", "predict", "push",
+                       "plain predict s", "warm/plain", "target s", "stored"],
+                "pacs run round trip (Orthanc on loopback, 2 shared CPU cores)")
     planted = sorted(set(planted_c) | set(planted_s))
     hits = phi_hits(planted, texts + stored_texts, [])
     print(f"PHI: planted {len(planted)} values, searched {len(texts)} command outputs and {len(stored_texts)} "
@@ -195,6 +207,7 @@ def main() -> None:
     print_table([w], list(w), f"pacs watch: {n_watch} studies, kill -9 mid-way, restart")
     print_json({
         "roundtrip_2d_cold_s": rows[0]["cold CLI s"], "roundtrip_2d_warm_s": rows[0]["warm s"],
+        "predict_2d_cold_s": rows[0]["cold predict CLI s"], "predict_3d_cold_s": rows[1]["cold predict CLI s"],
         "roundtrip_3d_cold_s": rows[1]["cold CLI s"], "roundtrip_3d_warm_s": rows[1]["warm s"],
         "objects_checked": checks["objects"], "highdicom_errors": checks["highdicom_errors"],
         "dciodvfy_errors": len(checks["dciodvfy"]), "phi_planted": len(planted) + w["phi_planted"],

@@ -97,6 +97,8 @@ def test_deidentify_removes_planted_phi_and_keeps_references_within_the_study(ct
     assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
     assert read_deidentified(files[:1], Deidentifier())[0].SOPInstanceUID != one[0].SOPInstanceUID
     print(f"planted {len(planted)} PHI values in {len(files)} instances; 0 found after de-identification")
+    one[0].save_as(str(folder.parent / "deid.dcm"), enforce_file_format=True)  # no new dciodvfy errors
+    assert set(dciodvfy_errors(folder.parent / "deid.dcm")) <= set(dciodvfy_errors(files[0]))
 
 
 def test_table_covers_what_dicognito_leaves(ct_series):
@@ -262,3 +264,30 @@ def test_predict_dicom_out_refuses_non_dicom_input(cls_run, tmp_path):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
     r = CliRunner().invoke(app, ["predict", str(cls_run), str(png), "--dicom-out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "error:" in r.output and "DICOM" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_2d_segmentation_seg_on_a_single_ct_image(tmp_path):
+    """A 2D model's PNG mask (at the image's own size) becomes a one-frame SEG on that image."""
+    import highdicom as hd
+    from PIL import Image
+
+    from meddx.data.segdata import load_phantom_segmentation
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.fit import fit
+    from meddx.engine.predict import Predictor
+    from meddx.pacs.results import dicom_results, write_outputs
+
+    data = load_phantom_segmentation(32, seed=0, splits={"train": 16, "val": 4, "test": 4})
+    run = fit(TrainConfig(data="phantom", task="segmentation", size=32, epochs=1, out=str(tmp_path), name="seg2d",
+                          progress=False, device="cpu"), data=data).path
+    ct, _ = planted_ct(tmp_path / "in" / "ct.dcm")
+    predictor = Predictor(run, device="cpu")
+    res = dicom_results(predictor, [ct])
+    (seg_file,) = write_outputs(res.outputs, tmp_path / "out")
+    seg = hd.seg.segread(str(seg_file))
+    (src,) = res.sources
+    pixels = seg.get_pixels_by_source_instance([src.SOPInstanceUID], combine_segments=True, skip_overlap_checks=True)
+    want = np.asarray(Image.open(predictor.predict_files([ct], out_dir=tmp_path / "m")[0]["mask"])) > 0
+    assert pixels.shape == (1, src.Rows, src.Columns) and np.array_equal(pixels[0] > 0, want)
+    assert dciodvfy_errors(seg_file) == []

@@ -23,7 +23,15 @@ def watch(predictor: Any, pacs: Any, state: Any, *, interval: float = 10.0, once
 
     processed = 0
     while True:
-        for uid, description in pacs.studies():
+        try:
+            studies = pacs.studies()
+        except MeddxError as exc:  # the PACS is down or busy: a watcher waits for it (one pass fails)
+            if once:
+                raise
+            log(json.dumps({"error": str(exc)}))
+            time.sleep(interval)
+            continue
+        for uid, description in studies:
             if description.startswith(MARK) or state.is_done(uid):
                 continue
             ident = state.study_id(uid)
