@@ -145,7 +145,10 @@ def _classification_outputs(predictor: Any, producer: Any, cases: list, results:
         outputs.append(classification_sr([f for f, _ in group], producer))
         if heatmap and predictor.runtime.name == "torch":
             finding, path = max(group, key=lambda fp: fp[0].probability)
-            outputs.append(_heatmap_sc(predictor, producer, finding, path))
+            try:
+                outputs.append(_heatmap_sc(predictor, producer, finding, path))
+            except MeddxError as exc:  # e.g. no Grad-CAM layer known for this architecture: the SR still goes
+                notes.append(f"no heat-map SC: {exc}")
         elif heatmap:
             notes.append(f"no heat-map SC: runtime {predictor.runtime.name} has no PyTorch model for Grad-CAM")
     return outputs, notes
