@@ -102,7 +102,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     device: str = typer.Option("auto"),
     runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
-                                "for a ptq/qat-compressed run, else torch; onnx is the run's model.onnx"),
+                                "for a ptq/qat-compressed run, onnx (model.onnx, starts without PyTorch) when "
+                                "`meddx export` made it from the checkpoint in use, else torch"),
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
     dicom_out: Path | None = typer.Option(None, help="DICOM inputs: also write de-identified DICOM results here "
                                           "(TID 1500 SR + heat-map SC for classification, SEG for masks)"),

@@ -17,7 +17,8 @@ def serve(
     runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run folders to serve (each under its folder name)"),
     host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
     port: int = typer.Option(8000),
-    runtime: str = typer.Option("auto", help="auto | torch | onnx | int8 (auto: int8 for ptq/qat runs)"),
+    runtime: str = typer.Option("auto", help="auto | torch | onnx | int8 (auto: int8 for ptq/qat runs, onnx "
+                                "for exported runs)"),
     token: str | None = typer.Option(None, envvar="MEDDX_SERVE_TOKEN",
                                      help="require 'Authorization: Bearer TOKEN' on /v1 and /metrics"),
     max_upload_mb: float = typer.Option(20.0, help="largest upload accepted (413 above)"),
