@@ -126,6 +126,8 @@ def predict(
     input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
     output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
     workers: int | None = typer.Option(None, help="with --input: decoding processes (default: a quarter of the cores)"),
+    dicom_out: Path | None = typer.Option(None, help="DICOM inputs: also write de-identified DICOM results here "
+                                          "(TID 1500 SR + heat-map SC for classification, SEG for masks)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.data.pixels import check_inputs
@@ -146,7 +148,12 @@ def predict(
     from meddx.engine.predict import Predictor
 
     predictor = Predictor(run, device=device, runtime=runtime)
-    results = predictor.predict_files(list(images), out_dir=out)
+    if dicom_out is not None:
+        from meddx.pacs.results import predict_dicom_out
+
+        results = predict_dicom_out(predictor, list(images), dicom_out)
+    else:
+        results = predictor.predict_files(list(images), out_dir=out)
     used = {"runtime": predictor.runtime.label, "model_files": [str(f) for f in predictor.files]}
     if as_json or "probabilities" not in results[0]:
         typer.echo(json.dumps([r | used for r in results], indent=2))
