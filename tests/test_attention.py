@@ -182,3 +182,15 @@ def test_cli_explain_attention_writes_overlays_and_gallery(tmp_path):
     r = CliRunner().invoke(app, ["explain", str(plain), str(_png(tmp_path / "b.png")), "--method", "attention"])
     assert r.exit_code == 2 and r.output.startswith("error: ") and "no attention" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_report_section_adds_the_networks_own_attention():
+    from meddx.explain.report_section import heatmap_section
+    from tests.test_explain import _context
+
+    model = create_model("ag_resnet18_slim", 1, 3, 28)
+    html = heatmap_section(_context(model, "ag_resnet18_slim")).html
+    assert "own attention" in html and html.count("<table") == 2 and "skipped" not in html
+    assert hook_count(model) == 0
+    plain = heatmap_section(_context(create_model("resnet18_slim", 1, 3, 28), "resnet18_slim")).html
+    assert "own attention" not in plain and plain.count("<table") == 1
