@@ -25,7 +25,7 @@ class ModelSpec:
     target_layer: str  # default layer for CAM methods (dotted module path)
     head: str  # dotted path of the classifier module replaced by transfer learning
     spatial_dims: tuple[int, ...] = (2,)
-    kind: str = "classifier"  # classifier | segmenter | detector (segmenters/detectors have no head: "")
+    kind: str = "classifier"  # classifier | segmenter | detector | registration (only classifiers have a head)
 
 
 _SPECS = (
@@ -74,6 +74,14 @@ _SPECS = (
               "torch.nn", "", "", (2,), "reconstructor"),
     ModelSpec("recon_unet_dc", "recon_nets:build_recon_unet_dc", "2 cascades of U-Net + k-space data consistency "
               "(undersampled MRI, reconstruction)", "MONAI", "", "", (2,), "reconstructor"),
+    ModelSpec("regunet_svf", "registration_nets:build_regunet",
+              "U-Net 16-64 predicting a velocity field, scaling-and-squaring (registration, 2D/3D)", "MONAI",
+              "", "", (2, 3), "registration"),
+    ModelSpec("voxelmorph", "registration_nets:build_voxelmorph",
+              "VoxelMorph U-Net + scaling-and-squaring (diffeomorphic VoxelMorph; registration, 2D/3D)", "MONAI",
+              "", "", (2, 3), "registration"),
+    ModelSpec("localnet", "registration_nets:build_localnet", "LocalNet displacement field (registration, 2D/3D)",
+              "MONAI", "", "", (2, 3), "registration"),
 )
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 DEFAULT_MODEL = "resnet18_slim"

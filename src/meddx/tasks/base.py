@@ -89,6 +89,7 @@ _TASKS = {
     "segmentation": "segmentation:SegmentationTask",
     "detection": "detection:DetectionTask",
     "reconstruction": "reconstruction:ReconstructionTask",
+    "registration": "registration:RegistrationTask",
 }
 
 
