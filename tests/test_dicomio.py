@@ -165,6 +165,25 @@ def test_classification_sr_and_sc_read_back(cls_run, tmp_path):
     assert [d.SOPInstanceUID for d in again[0].outputs] == [d.SOPInstanceUID for d in again[1].outputs]
 
 
+def test_exported_run_scores_with_onnx_and_still_writes_the_heat_map_sc(cls_run, tmp_path):
+    """``--runtime auto`` scores an exported run with ONNX Runtime; Grad-CAM then comes from its PyTorch model."""
+    import pydicom
+
+    from meddx.deploy.compress import export_run
+    from meddx.engine.predict import Predictor
+    from meddx.pacs.results import dicom_results
+
+    run = tmp_path / "exported"
+    shutil.copytree(cls_run, run)
+    export_run(run)
+    path, _ = planted_ct(tmp_path / "in" / "ct.dcm")
+    predictor = Predictor(run, device="cpu", runtime="auto")
+    assert predictor.runtime.name == "onnx"
+    res = dicom_results(predictor, [path])
+    assert sorted(d.Modality for d in res.outputs) == ["OT", "SR"] and res.notes == []
+    assert all(isinstance(d, pydicom.Dataset) for d in res.outputs)
+
+
 # ---------------------------------------------------------------- SEG (3D segmentation)
 
 

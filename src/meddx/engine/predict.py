@@ -30,6 +30,7 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
         source = Path(checkpoint)
+        self.source = source
         self.runtime = open_runtime(runtime, source, device=device)
         self.meta: dict[str, Any] = self.runtime.meta
         self.classes: list[str] = self.meta["classes"]
@@ -55,6 +56,15 @@ class Predictor:
         import torch
 
         return getattr(self.runtime, "device", torch.device("cpu"))
+
+    def torch_model(self) -> Predictor:
+        """A predictor with the run's PyTorch model (``self`` when it has one): gradients for heat maps when
+        the scores come from an ONNX/int8 runtime. A one-line error if there is no checkpoint (an .onnx file)."""
+        if self.runtime.name == "torch":
+            return self
+        if self.source.suffix == ".onnx":
+            raise MeddxError("heat maps need the run's PyTorch checkpoint; an .onnx file has none", self.source)
+        return Predictor(self.source, device="cpu", runtime="torch")
 
     def _torch(self) -> Any:
         if self.runtime.name != "torch":

@@ -141,16 +141,16 @@ def _classification_outputs(predictor: Any, producer: Any, cases: list, results:
         by_study[str(series[0].StudyInstanceUID)].append((finding, path))
     outputs: list[Any] = []
     notes: list[str] = []
+    mapper = None
     for group in by_study.values():
         outputs.append(classification_sr([f for f, _ in group], producer))
-        if heatmap and predictor.runtime.name == "torch":
+        if heatmap:
             finding, path = max(group, key=lambda fp: fp[0].probability)
-            try:
-                outputs.append(_heatmap_sc(predictor, producer, finding, path))
+            try:  # scores may come from ONNX/int8; Grad-CAM needs the PyTorch model of the same run
+                mapper = mapper or predictor.torch_model()
+                outputs.append(_heatmap_sc(mapper, producer, finding, path))
             except MeddxError as exc:  # e.g. no Grad-CAM layer known for this architecture: the SR still goes
                 notes.append(f"no heat-map SC: {exc}")
-        elif heatmap:
-            notes.append(f"no heat-map SC: runtime {predictor.runtime.name} has no PyTorch model for Grad-CAM")
     return outputs, notes
 
 
