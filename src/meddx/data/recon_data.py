@@ -131,28 +131,9 @@ def read_cranium(path: Path = CRANIUM) -> tuple[np.ndarray, tuple[float, float, 
     return vol.astype(np.float32), (sz, sy, sx)
 
 
-def read_nifti_template(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A brain template NIfTI as (z, y, x) axial slices and spacing.
-    # TODO(merge): use meddx.data.anatomy (colin27()/mni152() loaders, written in parallel)"""
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(nib.load(str(_require(path, "brain template"))))
-    arr = np.asarray(img.dataobj, np.float32).transpose(2, 1, 0)[:, ::-1]  # RAS x, y, z -> z, y (anterior up), x
-    zx, zy, zz = (float(s) for s in img.header.get_zooms()[:3])
-    return np.ascontiguousarray(arr), (zz, zy, zx)
-
-
-def mni152_path() -> Path:
-    """The MNI152 template packaged with nilearn (offline), written once to a temporary NIfTI path.
-    # TODO(merge): use meddx.data.anatomy"""
-    import tempfile
-
-    from nilearn.datasets import load_mni152_template
-
-    path = Path(tempfile.gettempdir()) / "meddx_mni152_template.nii.gz"
-    if not path.exists():
-        load_mni152_template().to_filename(str(path))
-    return path
+def axial_slices(vol: Any) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A brain template (:mod:`meddx.data.anatomy` volume, RAS (z, y, x)) as axial slices, anterior up."""
+    return np.ascontiguousarray(vol.array[:, ::-1]), tuple(float(s) for s in vol.spacing)
 
 
 def ct_volume_slices(path: Path, size: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -203,13 +184,16 @@ def load_real_mri(size: int = RECON_SIZE) -> ReconBundle:
     """Real brain MRI split by volume: train MNI152 + brain1; val brain2; test Colin27."""
     cases = shared_datasets() / "pyradiomics_testcases"
 
-    def template(path: Path, name: str) -> tuple[np.ndarray, np.ndarray, str]:
-        vol, spacing = read_nifti_template(path)
+    from meddx.data import anatomy
+
+    def template(volume: Any, name: str) -> tuple[np.ndarray, np.ndarray, str]:
+        vol, spacing = axial_slices(volume)
         return (*square_slices(scale_magnitude(vol), spacing[1:], size, fill=0.0, threshold=0.1), name)
 
-    train = [template(mni152_path(), "mni152"), (*mri_volume_slices(cases / "brain1_image.nrrd", size), "brain1")]
+    train = [template(anatomy.mni152(resolution=1)["t1"], "mni152"),
+             (*mri_volume_slices(cases / "brain1_image.nrrd", size), "brain1")]
     val = [(*mri_volume_slices(cases / "brain2_image.nrrd", size), "brain2")]
-    test = [template(COLIN27, "colin27")]
+    test = [template(anatomy.colin27(), "colin27")]
     return ReconBundle(name="mri", task="reconstruction", class_names=["image"], modality="mri",
                        source="real brain MRI (MNI152 + pyradiomics brain1 / brain2 / Colin27)",
                        train=_split(train), val=_split(val), test=_split(test))
