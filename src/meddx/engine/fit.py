@@ -12,6 +12,7 @@ import torch
 
 from meddx.data import DataBundle, load_data
 from meddx.data.augment import POLICIES, Normalization
+from meddx.engine import distributed
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from meddx.engine.config import TrainConfig, augment_policy, auto_epochs, batch_size_for
 from meddx.engine.loop import EpochSettings, run_epoch
@@ -84,6 +85,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kin
         # applies the same mapping (meddx.data.intensity)
         "intensity_mapping": data.extra.get("intensity_mapping"),
         "positive_class": positive_class(cfg, data),  # binary: the finding's class id
+        "degrade": cfg.degrade,  # reconstruction: the simulated degradation
     }
 
 
@@ -125,10 +127,11 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
 
     Ctrl-C raises :class:`meddx.errors.Interrupted` naming the checkpoint that exists (or saying none does).
     """
+    resume = distributed.resume_after_restart(cfg, resume)  # torchrun --max-restarts: continue the run
     run, cfg = (RunDir.open(resume), None) if resume is not None else (None, cfg)
     cfg = cfg or TrainConfig.load(run.config)
     cfg.validate()
-    device = pick_device(cfg.device)
+    device = distributed.setup(pick_device(cfg.device))  # joins the process group when torchrun started us
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     task = task_for_training(cfg, data)
@@ -138,14 +141,16 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     restart = run is None or not run.last.is_file()  # a run interrupted before its first checkpoint starts over
     training = build_training(cfg, data, task, device, pretrained=restart)
     if restart:
-        run = start_run(run, cfg, data, training)
+        run = RunDir(distributed.start_on_main(start_run, run, cfg, data, training))  # rank 0 writes
         progress = Progress()
     else:
         progress = restore_training(run, training, task.monitor)
+    task = distributed.wrap_task(task, training.model, device, cfg)  # DDP: sharded batches, gathered validation
     try:
         train_epochs(run, cfg, data, task, training, progress, console)
     except KeyboardInterrupt:
         raise Interrupted(interrupt_message(run)) from None
+    distributed.shutdown()
     return run
 
 
@@ -211,7 +216,7 @@ def restore_training(run: RunDir, training: Training, monitor: str) -> Progress:
 def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: Training,
                  progress: Progress, console: Any = None) -> None:
     """The loop: one epoch, its checkpoints and history row, early stopping and the time budget."""
-    writer = _tensorboard(run.path) if cfg.tensorboard else None
+    writer = _tensorboard(run.path) if cfg.tensorboard and distributed.is_main() else None
     patience = cfg.patience or math.inf
     t0, start = time.time(), progress.start_epoch
     with EpochProgress(training.epochs, training.steps, enabled=cfg.progress, console=console) as bar:
@@ -224,16 +229,18 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
             bar.start_epoch(epoch)
             row = {"epoch": epoch, **run_epoch(training.model, task, (data.train, data.val), training.optimizer,
                                                training.scheduler, settings, gen)}
+            row["train_loss"] = distributed.mean_over_ranks(row["train_loss"])
             score = row[f"val_{task.monitor}"]
             improved = progress.record(row, score)
-            save_epoch(run, cfg, data, training, progress, improved, score)
+            distributed.on_main(save_epoch, run, cfg, data, training, progress, improved, score)
             _log_scalars(writer, row)
             bar.end_epoch(row, task.monitor, improved)
             if progress.stale >= patience:
                 bar.note(f"early stop: no {task.monitor} gain on validation for {patience} epochs")
                 break
             if cfg.max_minutes:
-                apply_time_budget(cfg.max_minutes * 60, time.time() - t0, epoch + 1 - start, training, bar, start)
+                elapsed = distributed.broadcast_json(time.time() - t0)  # rank 0's clock: every rank agrees
+                apply_time_budget(cfg.max_minutes * 60, elapsed, epoch + 1 - start, training, bar, start)
             epoch += 1
     if writer is not None:
         writer.close()

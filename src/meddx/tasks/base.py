@@ -88,6 +88,7 @@ _TASKS = {
     "classification": "classification:ClassificationTask",
     "segmentation": "segmentation:SegmentationTask",
     "detection": "detection:DetectionTask",
+    "reconstruction": "reconstruction:ReconstructionTask",
     "registration": "registration:RegistrationTask",
 }
 
