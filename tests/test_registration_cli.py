@@ -17,12 +17,15 @@ runner = CliRunner()
 def pair2d(tmp_path):
     from PIL import Image
 
-    a = np.zeros((40, 48), np.uint8)
+    from scipy.ndimage import gaussian_filter
+
+    a = np.zeros((40, 48))
     a[10:25, 12:30] = 200
     a[14:20, 16:22] = 90
+    a = np.clip(gaussian_filter(a, 1.5), 0, 255).astype(np.uint8)  # smooth edges: MI needs gradients
     Image.fromarray(a).save(tmp_path / "f.png")
     Image.fromarray(np.roll(a, 3, 1)).save(tmp_path / "m.png")
-    Image.fromarray((np.roll(a, 3, 1) > 0).astype(np.uint8)).save(tmp_path / "ml.png")
+    Image.fromarray((np.roll(a, 3, 1) > 100).astype(np.uint8)).save(tmp_path / "ml.png")
     (tmp_path / "lm.csv").write_text("fy,fx,my,mx\n10,12,10,15\n24,29,24,32\n")
     return tmp_path
 

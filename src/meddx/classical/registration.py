@@ -25,8 +25,11 @@ def _method(sampling: float = 0.25, metric_bins: int = 32):
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=metric_bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(sampling, seed=0)
+    if sampling < 1.0:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(sampling, seed=0)
+    else:  # every voxel: deterministic, and cheap in 2D
+        reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
 
@@ -35,9 +38,10 @@ def affine(fixed, moving):
     """Centred affine transform by Mattes MI, regular-step gradient descent, two resolution levels."""
     import SimpleITK as sitk
 
+    sampling = 1.0 if fixed.GetDimension() == 2 else 0.25
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(fixed.GetDimension()),
                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    reg = _method()
+    reg = _method(sampling)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=100)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([2, 1])
@@ -52,7 +56,7 @@ def bspline(fixed, moving, pre, mesh: int = 6):
 
     three_d = fixed.GetDimension() == 3  # 3D: fewer samples and iterations, else minutes per pair on 2 cores
     tx = sitk.BSplineTransformInitializer(fixed, [mesh] * fixed.GetDimension())
-    reg = _method(0.05 if three_d else 0.25)
+    reg = _method(0.05 if three_d else 1.0)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=25 if three_d else 60)
     reg.SetShrinkFactorsPerLevel([2, 1])
     reg.SetSmoothingSigmasPerLevel([1, 0])
