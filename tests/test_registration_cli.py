@@ -16,7 +16,6 @@ runner = CliRunner()
 @pytest.fixture
 def pair2d(tmp_path):
     from PIL import Image
-
     from scipy.ndimage import gaussian_filter
 
     a = np.zeros((40, 48))
