@@ -10,7 +10,7 @@ resized with v2 (``meddx.data.images.resize_to``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,14 @@ class AugmentPolicy:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def scaled(self, strength: float) -> AugmentPolicy:
+        """The same policy with rotation, scale and shift ranges multiplied by ``strength`` (flips unchanged;
+        rotation capped at 180 degrees, shift at 0.25 of the image)."""
+        lo, hi = self.scale
+        return replace(self, rotate_deg=min(180.0, self.rotate_deg * strength),
+                       scale=(1 - (1 - lo) * strength, 1 + (hi - 1) * strength),
+                       translate=min(0.25, self.translate * strength))
 
 
 # Chosen by modality: anatomy with a left/right (X-ray, CT, fundus) is never mirrored; microscopy and

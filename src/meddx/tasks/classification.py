@@ -43,7 +43,7 @@ class ClassificationTask:
     @classmethod
     def from_config(cls, cfg: Any, data: Any) -> ClassificationTask:
         weights = balanced_class_weights(data.train.labels, data.task, data.num_classes) if cfg.class_weights else None
-        return cls(data.task, data.num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing)
+        return cls(data.task, data.num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing or 0.0)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ClassificationTask:
