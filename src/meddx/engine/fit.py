@@ -257,7 +257,8 @@ def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any
         return None
     planner = recipe.BudgetPlanner(recipe.budget_seconds(cfg.max_minutes, data.spatial_dims), training.steps,
                                    training.epochs, lambda n: shorten_schedule(training, n, bar),
-                                   len(data.val) / max(1, len(data.train)))
+                                   len(data.val) / max(1, len(data.train)),
+                                   recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1)
     planner.start()
     return planner
 

@@ -25,6 +25,7 @@ from meddx.kinds import MULTI_LABEL
 DEFAULT_MINUTES = {2: 10.0, 3: 15.0}  # the default time budget by spatial dimensions (2 CPU cores)
 VISITS = {2: 150_000, 3: 60_000}  # sample visits the epoch count is planned for (a time budget may cut it)
 EPOCH_RANGE = {2: (20, 80), 3: (8, 60)}
+EPOCH_FLOOR = {2: 10, 3: 3}  # a time budget never plans fewer (a loaded machine runs over rather than under-trains)
 LABEL_SMOOTHING = 0.1
 TAIL_FRACTION = 0.25  # the share of the schedule (its annealed end) whose epoch-end weights are averaged
 TIMED_STEPS = 5  # optimiser steps timed (after the first, which pays one-off costs) to plan the budget
@@ -90,6 +91,7 @@ class BudgetPlanner:
     planned: int
     shorten: Any
     val_share: float = 0.0  # validation images / training images
+    floor: int = 1  # fewest epochs the first plan may choose (EPOCH_FLOOR)
     t0: float = 0.0
     _tic: float | None = None
     _planned_early: bool = False
@@ -108,12 +110,13 @@ class BudgetPlanner:
             per_step = (time.time() - self._tic) / step
             self._planned_early = True
             self._apply(epochs_within(self.budget_s, per_step * self.steps * (1 + self.val_share / 3),
-                                      self.planned, 1))
+                                      self.planned, self.floor))
 
     def after_epoch(self, done: int, start: int = 0) -> None:
         """Refine from the measured mean epoch time (training + validation) once ``done`` epochs have run."""
         per_epoch = (time.time() - self.t0) / max(done, 1)
-        self._apply(start + epochs_within(self.budget_s, per_epoch, self.planned - start, done + 1))
+        self._apply(start + epochs_within(self.budget_s, per_epoch, self.planned - start,
+                                          max(done + 1, self.floor - start)))
 
     def _apply(self, epochs: int) -> None:
         if epochs < self.planned:
