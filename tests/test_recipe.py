@@ -141,11 +141,12 @@ def test_budget_planner_fits_the_schedule_from_the_first_steps(monkeypatch):
 
 
 def test_auto_schedule_ends_annealed_with_settled_bn_and_selection(tmp_path, fake_npz, monkeypatch):
-    """A budget that allows 2 epochs (of 56 s + validation): the schedule is fitted from the first steps, the LR reaches zero, the tail
-    average gets BatchNorm statistics from training images, and the shipped model is recorded."""
+    """A budget that allows 2 epochs (of 56 s + validation): the schedule is fitted from the first steps, the LR
+    reaches zero, the tail average gets BatchNorm statistics from training images, the shipped model is recorded."""
     import meddx.engine.fit as fit_module
 
-    cfg = _cfg(tmp_path, fake_npz, name="auto", max_minutes=2.5, batch_size=8, model="resnet18_slim")  # 60 images: 7 steps
+    # 60 images at batch 8: 7 steps an epoch
+    cfg = _cfg(tmp_path, fake_npz, name="auto", max_minutes=2.5, batch_size=8, model="resnet18_slim")
     clock = {"t": 0.0}
     monkeypatch.setattr(recipe.time, "time", lambda: clock["t"])
     real_step = fit_module.EpochSettings.__init__
