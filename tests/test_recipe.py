@@ -169,3 +169,34 @@ def test_auto_schedule_ends_annealed_with_settled_bn_and_selection(tmp_path, fak
     assert means and all(torch.isfinite(m).all() for m in means)
     if sel["shipped"] == "tail-average":
         assert meta["averaged_epochs"] == 1 and math.isclose(meta["monitor_value"], sel["average_score"])
+
+
+# --------------------------------------------------------------------------- colour augmentation
+
+
+def test_colour_augmentation_changes_colour_not_geometry_and_round_trips():
+    from skimage.color import rgb2hed
+
+    from meddx.data.augment import POLICIES, augment_batch, colour_jitter, hed_jitter
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16) * 0.8 + 0.1
+    assert torch.allclose(colour_jitter(x, gen, strength=0.0, hue_deg=0.0), x, atol=1e-5)
+    assert torch.allclose(hed_jitter(x, gen, sigma=0.0), x, atol=1e-4)  # deconvolution and back: identity
+    # our batched stain separation is scikit-image's
+    hed = torch.einsum("nchw,cs->nshw", torch.log(x.clamp_min(1e-6)) / math.log(1e-6),
+                       torch.as_tensor(__import__("skimage.color.colorconv").color.colorconv.hed_from_rgb,
+                                       dtype=torch.float32)).clamp_min(0)
+    assert torch.allclose(hed[0].permute(1, 2, 0), torch.as_tensor(rgb2hed(x[0].permute(1, 2, 0).numpy()),
+                                                                   dtype=torch.float32), atol=1e-4)
+    jittered = colour_jitter(x, gen)
+    assert jittered.shape == x.shape and 0 <= float(jittered.min()) and float(jittered.max()) <= 1
+    assert (jittered - x).abs().mean() > 0.01
+    raw = (x * 255).to(torch.uint8)
+    norm = Normalization.fit(raw)
+    out = augment_batch(raw, norm, POLICIES["pathology"], gen)
+    assert out.shape == raw.shape and torch.isfinite(out).all()
+    gray = raw[:, :1]  # 1-channel images: colour policies leave the intensities alone
+    no_affine = POLICIES["none"]
+    assert torch.equal(augment_batch(gray, Normalization.fit(gray), no_affine, gen), Normalization.fit(gray)(gray))
+    assert POLICIES["fundus"].colour == "jitter" and POLICIES["dermoscopy"].colour == "jitter"

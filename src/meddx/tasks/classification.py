@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from meddx.data.augment import AugmentPolicy, Normalization, random_affine
+from meddx.data.augment import AugmentPolicy, Normalization, augment_batch
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
 from meddx.kinds import BINARY, MULTI_LABEL
@@ -56,10 +56,8 @@ class ClassificationTask:
     def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
                    policy: AugmentPolicy | None,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images normalised and (if ``policy``) randomly transformed per sample; labels unchanged."""
-        x = normalize(split.images[idx].to(device, non_blocking=True))
-        if policy is not None:
-            x = random_affine(x, policy, generator)
+        """Images normalised and (if ``policy``) transformed per sample (colour, then affine); labels unchanged."""
+        x = augment_batch(split.images[idx].to(device, non_blocking=True), normalize, policy, generator)
         return x, split.labels[idx].to(device, non_blocking=True)
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
