@@ -200,3 +200,24 @@ def test_colour_augmentation_changes_colour_not_geometry_and_round_trips():
     no_affine = POLICIES["none"]
     assert torch.equal(augment_batch(gray, Normalization.fit(gray), no_affine, gen), Normalization.fit(gray)(gray))
     assert POLICIES["fundus"].colour == "jitter" and POLICIES["dermoscopy"].colour == "jitter"
+
+
+# --------------------------------------------------------------------------- ordinal loss
+
+
+def test_squared_emd_penalises_far_grades_more_and_keeps_softmax_outputs():
+    from meddx.tasks.classification import ClassificationTask, squared_emd
+
+    target = torch.tensor([3])
+    near = torch.tensor([[0.0, 0.0, 5.0, 0.0, 0.0]])  # confident grade 2 for a grade-3 image
+    far = torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]])  # confident grade 0
+    assert float(squared_emd(far, target)) > 2 * float(squared_emd(near, target))
+    exact = torch.tensor([[0.0, 0.0, 0.0, 20.0, 0.0]])
+    assert float(squared_emd(exact, target)) < 1e-6
+    task = ClassificationTask("ordinal-regression", 5, ordinal_loss="emd")
+    ce = torch.nn.functional.cross_entropy(far, target)
+    assert float(task.loss(far, target)) == pytest.approx(float(ce + squared_emd(far, target)))
+    assert torch.allclose(task.probabilities(far).sum(1), torch.ones(1))
+    assert ClassificationTask("multi-class", 5, ordinal_loss="emd").ordinal_loss == "ce"  # ordinal kinds only
+    with pytest.raises(Exception, match="ordinal loss must be ce or emd"):
+        TrainConfig(ordinal_loss="corn").validate()

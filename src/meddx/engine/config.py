@@ -38,6 +38,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | multistep
     warmup_epochs: int = 1
     label_smoothing: float | None = None  # None: 0.1 for single-label kinds, 0 for multi-label (recipe)
+    ordinal_loss: str = "ce"  # ordinal-regression kinds: ce | emd (cross-entropy + squared EMD over grades)
     class_weights: bool = False
     augment: str = "auto"  # auto (by modality) | none | a policy name from meddx.data.augment.POLICIES
     ema_decay: float = 0.0  # >0: validate/test an exponential moving average of the weights
@@ -92,6 +93,7 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),
             (self.select in ("last", "best"), f"select must be last or best, got {self.select!r}"),
             (self.average in ("tail", "none"), f"average must be tail or none, got {self.average!r}"),
+            (self.ordinal_loss in ("ce", "emd"), f"ordinal loss must be ce or emd, got {self.ordinal_loss!r}"),
             (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
              f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
