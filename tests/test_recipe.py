@@ -221,3 +221,18 @@ def test_squared_emd_penalises_far_grades_more_and_keeps_softmax_outputs():
     assert ClassificationTask("multi-class", 5, ordinal_loss="emd").ordinal_loss == "ce"  # ordinal kinds only
     with pytest.raises(Exception, match="ordinal loss must be ce or emd"):
         TrainConfig(ordinal_loss="corn").validate()
+
+
+def test_multilabel_thresholds_are_chosen_on_validation_and_reported_beside_the_official_acc():
+    import numpy as np
+
+    from meddx.tasks.classification import per_label_thresholds, validation_thresholds
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (400, 2))
+    # label 0 is calibrated (0.5 is right); label 1's scores are squeezed below 0.5 (0.3 separates)
+    s = np.stack([np.where(y[:, 0] == 1, 0.8, 0.2), np.where(y[:, 1] == 1, 0.4, 0.1)], 1) + rng.normal(0, .02, (400, 2))
+    t = per_label_thresholds(y[:200], s[:200])
+    assert t[0] == 0.5 and 0.1 < t[1] < 0.4
+    m = validation_thresholds(y[200:], s[200:], y[:200], s[:200])
+    assert m["acc_val_thresholds"] > 0.99 and m["val_thresholds"] == [float(v) for v in t]
