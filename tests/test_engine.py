@@ -119,7 +119,7 @@ def test_model_checkpoint_follows_select(tmp_path, fake_npz):
 
 def test_time_budget_shortens_schedule_and_finishes_decay(tmp_path, fake_npz, monkeypatch):
     clock = {"t": 0.0}
-    monkeypatch.setattr(fit_module.time, "time", lambda: clock["t"])
+    monkeypatch.setattr(fit_module.recipe.time, "time", lambda: clock["t"])
     real = loop_module.train_one_epoch
 
     def slow_epoch(*a, **k):

@@ -138,6 +138,12 @@ def test_budget_planner_fits_the_schedule_from_the_first_steps(monkeypatch):
         floored.on_step(step)
         clock["t"] += 1.0
     assert floored.planned == 10  # the default budget never plans fewer than the floor
+    resumed = recipe.BudgetPlanner(budget_s=150, steps=75, planned=60, shorten=shortened.append, first=20)
+    resumed.start()
+    for step in range(10):
+        resumed.on_step(step)
+        clock["t"] += 1.0
+    assert resumed.planned == 22  # a resumed run: 2 more epochs fit this session's budget
 
 
 def test_auto_schedule_ends_annealed_with_settled_bn_and_selection(tmp_path, fake_npz, monkeypatch):

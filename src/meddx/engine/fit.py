@@ -222,7 +222,7 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
     patience = cfg.patience or math.inf
     start = progress.start_epoch
     with EpochProgress(training.epochs, training.steps, enabled=cfg.progress, console=console) as bar:
-        planner = time_budget(cfg, data, training, bar)
+        planner = time_budget(cfg, data, training, bar, progress.start_epoch)
         settings = EpochSettings(training.norm, cfg.batch_size, cfg.eval_batch_size, training.device,
                                  training.policy, cfg.amp, _both(bar.step, planner and planner.on_step), training.ema)
         epoch = start
@@ -250,7 +250,8 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
         writer.close()
 
 
-def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any) -> recipe.BudgetPlanner | None:
+def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any,
+                start: int = 0) -> recipe.BudgetPlanner | None:
     """The planner that fits the schedule to ``--max-minutes`` (or, for the automatic schedule, the default
     budget: :func:`meddx.engine.recipe.budget_seconds`); None when neither applies."""
     if not cfg.max_minutes and cfg.epochs:
@@ -258,7 +259,7 @@ def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any
     planner = recipe.BudgetPlanner(recipe.budget_seconds(cfg.max_minutes, data.spatial_dims), training.steps,
                                    training.epochs, lambda n: shorten_schedule(training, n, bar),
                                    len(data.val) / max(1, len(data.train)),
-                                   recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1)
+                                   recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1, start)
     planner.start()
     return planner
 

@@ -92,6 +92,7 @@ class BudgetPlanner:
     shorten: Any
     val_share: float = 0.0  # validation images / training images
     floor: int = 1  # fewest epochs the first plan may choose (EPOCH_FLOOR)
+    first: int = 0  # the epoch this session starts at (a resumed run has already run the ones before)
     t0: float = 0.0
     _tic: float | None = None
     _planned_early: bool = False
@@ -109,8 +110,9 @@ class BudgetPlanner:
         elif self._tic is not None and (step == TIMED_STEPS or step == self.steps - 1):
             per_step = (time.time() - self._tic) / step
             self._planned_early = True
-            self._apply(epochs_within(self.budget_s, per_step * self.steps * (1 + self.val_share / 3),
-                                      self.planned, self.floor))
+            per_epoch = per_step * self.steps * (1 + self.val_share / 3)
+            self._apply(self.first + epochs_within(self.budget_s, per_epoch, self.planned - self.first,
+                                                   max(1, self.floor - self.first)))
 
     def after_epoch(self, done: int, start: int = 0) -> None:
         """Refine from the measured mean epoch time (training + validation) once ``done`` epochs have run."""
