@@ -144,6 +144,12 @@ def test_budget_planner_fits_the_schedule_from_the_first_steps(monkeypatch):
         resumed.on_step(step)
         clock["t"] += 1.0
     assert resumed.planned == 22  # a resumed run: 2 more epochs fit this session's budget
+    short = recipe.BudgetPlanner(budget_s=1, steps=3, planned=60, shorten=shortened.append)
+    short.start()
+    for step in range(3):
+        short.on_step(step)
+        clock["t"] += 1.0
+    assert short.planned == 2  # planned at the epoch's last step: one more epoch, which anneals
 
 
 def test_auto_schedule_ends_annealed_with_settled_bn_and_selection(tmp_path, fake_npz, monkeypatch):

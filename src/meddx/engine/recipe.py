@@ -111,8 +111,10 @@ class BudgetPlanner:
             per_step = (time.time() - self._tic) / step
             self._planned_early = True
             per_epoch = per_step * self.steps * (1 + self.val_share / 3)
+            # planned at an epoch's last step, that epoch can no longer anneal: keep at least one more
+            least = 2 if step == self.steps - 1 else 1
             self._apply(self.first + epochs_within(self.budget_s, per_epoch, self.planned - self.first,
-                                                   max(1, self.floor - self.first)))
+                                                   max(least, self.floor - self.first)))
 
     def after_epoch(self, done: int, start: int = 0) -> None:
         """Refine from the measured mean epoch time (training + validation) once ``done`` epochs have run."""
