@@ -114,6 +114,8 @@ def test_schedule_scales_with_training_set_size():
     assert recipe.auto_label_smoothing("binary-class") == 0.1
     assert recipe.auto_label_smoothing("multi-label, binary-class") == 0.0
     assert [recipe.tail_start(n) for n in (1, 2, 8, 80)] == [0, 1, 6, 60]
+    assert recipe.budget_seconds(None, 3) == 900 and recipe.budget_seconds(None, 2) is None  # no 2D default
+    assert recipe.budget_seconds(4, 2) == 240
 
 
 def test_budget_planner_fits_the_schedule_from_the_first_steps(monkeypatch):

@@ -46,8 +46,8 @@ class TrainConfig:
     select: str = "best"  # model used by evaluate/predict: "best" (the selection rule's pick: peak validation
     # epoch, or the tail average within 0.02 of it; meddx.engine.selection) or "last" (end of the schedule)
     average: str = "tail"  # tail: average the last quarter's epoch-end weights (BN re-estimated) | none
-    max_minutes: float | None = None  # wall-clock budget the schedule is fitted to; None: 10 min (2D) / 15 min
-    # (volumes) when epochs is automatic, no limit when epochs is given
+    max_minutes: float | None = None  # wall-clock budget the schedule is fitted to; None: 15 min for volumes when
+    # epochs is automatic, otherwise no limit
     # run
     seed: int = 0
     device: str = "auto"

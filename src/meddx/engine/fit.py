@@ -254,9 +254,10 @@ def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any
                 start: int = 0) -> recipe.BudgetPlanner | None:
     """The planner that fits the schedule to ``--max-minutes`` (or, for the automatic schedule, the default
     budget: :func:`meddx.engine.recipe.budget_seconds`); None when neither applies."""
-    if not cfg.max_minutes and cfg.epochs:
+    budget = recipe.budget_seconds(cfg.max_minutes, data.spatial_dims)
+    if budget is None or (not cfg.max_minutes and cfg.epochs):
         return None
-    planner = recipe.BudgetPlanner(recipe.budget_seconds(cfg.max_minutes, data.spatial_dims), training.steps,
+    planner = recipe.BudgetPlanner(budget, training.steps,
                                    training.epochs, lambda n: shorten_schedule(training, n, bar),
                                    len(data.val) / max(1, len(data.train)),
                                    recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1, start)
