@@ -5,9 +5,11 @@
 Builds a tiny run in a temporary folder (phantom data, seednet, 1 epoch, no evaluation), then times, each
 ``--repeats`` times after one untimed warm-up, as fresh processes: ``import torch``; ``meddx --help``;
 ``meddx predict RUN one.png`` (one 28 px PNG); ``meddx predict RUN empty.png`` (a 0-byte file: the rejection);
-``meddx explain RUN one.png`` (Grad-CAM). Commands run as ``python -m meddx.cli`` with this checkout's ``src``
-first on ``PYTHONPATH``. Prints min/median seconds and the median's ratio to the floor, then one JSON line
-(``predict_s``, ``reject_s``, ``explain_s``, ``help_s``, ``torch_import_s``: medians).
+``meddx explain RUN one.png`` (Grad-CAM); then ``meddx export RUN`` and ``meddx predict RUN one.png`` again,
+which ``--runtime auto`` serves with the exported ``model.onnx`` (ONNX Runtime, no PyTorch import). Commands run
+as ``python -m meddx.cli`` with this checkout's ``src`` first on ``PYTHONPATH``. Prints min/median seconds and
+the median's ratio to the floor, then one JSON line
+(``predict_s``, ``predict_exported_s``, ``reject_s``, ``explain_s``, ``help_s``, ``torch_import_s``: medians).
 """
 
 from __future__ import annotations
@@ -77,8 +79,13 @@ def main() -> None:
             ("reject_s", "meddx predict RUN empty.png", _meddx("predict", str(run), str(empty)), 2),
             ("explain_s", "meddx explain RUN one.png", _meddx("explain", str(run), str(one), "--device", "cpu"), 0),
         ]
+        export = _meddx("export", str(run))
+        cases.append(("predict_exported_s", "meddx predict RUN one.png (after meddx export: onnx)",
+                      _meddx("predict", str(run), str(one)), 0))
         medians, rows = {}, []
         for key, label, cmd, rc in cases:
+            if key == "predict_exported_s":
+                subprocess.run(export, check=True, env=_env(), capture_output=True)
             t = time_command(cmd, args.repeats, rc)
             medians[key] = statistics.median(t)
             rows.append({"command": label, "min s": min(t), "median s": medians[key], "max s": max(t)})

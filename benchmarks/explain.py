@@ -1,6 +1,7 @@
 """Faithfulness of every explanation method on the synthetic CT phantom, where every nodule's mask is known.
 
     python benchmarks/explain.py [--run RUN] [--epochs 20] [--train-images 6000] [--images 150] [--layers layer4 layer3]
+                                 [--model resnet18_slim ag_resnet18_slim ...] [--quick]
 
 1. Model: the default recipe (resnet18_slim, `meddx train --data phantom`) at 48 px on --train-images slices
    with a fixed epoch count, trained once here on the CPU (or reused: --run, or the run folder a previous call
@@ -15,7 +16,11 @@
    32). Two reference rows: a random map (chance) and the nodule mask itself (the ideal map).
 4. CAM methods are also run on other layers of resnet18_slim (--layers) than the declared one, to measure
    whether a finer layer is more faithful.
-5. Cost: Grad-CAM on one 28 px image with the default model (2 threads), median of --timing-calls calls;
+5. Attention models (--model, issue #19): each is trained with the same recipe and gets its own table, where
+   the model's own attention (method "attention"; and the coarsest gate alone / the ViT's last-layer CLS
+   attention) stands beside Grad-CAM and Occlusion of that same trained model. Layers a model lacks are
+   skipped; "attention" is skipped for models without attention.
+6. Cost: Grad-CAM on one 28 px image with the default model (2 threads), median of --timing-calls calls;
    memory over --memory-calls calls in a loop (RSS and tracemalloc, after a warm-up).
 """
 
@@ -49,13 +54,14 @@ def rss_mb() -> float:
             return int(f.read().split()[1]) * (2**12) / 2**20
 
 
-def get_run(args):
+def get_run(args, model="resnet18_slim"):
     from meddx.engine.config import TrainConfig
     from meddx.engine.fit import fit
 
     if args.run:
         return Path(args.run)
-    name = f"explain-bench-phantom{args.size}-n{args.train_images}-e{args.epochs}-seed{args.seed}"
+    prefix = "explain-bench" if model == "resnet18_slim" else f"explain-bench-{model}"
+    name = f"{prefix}-phantom{args.size}-n{args.train_images}-e{args.epochs}-seed{args.seed}"
     path = Path(args.out) / name
     resume = None
     if (path / "last.safetensors").is_file() and (path / "history.jsonl").is_file():
@@ -64,8 +70,8 @@ def get_run(args):
             print(f"reusing {path}", file=sys.stderr)
             return path
         resume = path  # an interrupted earlier call: continue it
-    cfg = TrainConfig(data="phantom", size=args.size, epochs=args.epochs, seed=args.seed, out=args.out, name=name,
-                      device=args.device, progress=False)
+    cfg = TrainConfig(data="phantom", model=model, size=args.size, epochs=args.epochs, seed=args.seed, out=args.out,
+                      name=name, device=args.device, progress=False)
     from meddx.data.sources import PHANTOM_SPLITS, load_phantom
 
     # images depend only on (seed, split, index): a larger training split leaves val/test unchanged
@@ -121,6 +127,10 @@ def faithfulness_table(args, run_path):
     masks = data.extra["test"]["masks"][tp] > 0
     x = norm(data.test.images[torch.from_numpy(tp)]).to(args.device)
     model_info["n_explained"] = int(len(tp))
+    if not len(tp):  # an undertrained model (--quick) may find no nodule: nothing to explain
+        model_info["nodule_area_fraction"] = math.nan
+        print_json({"model": model_info, "note": "no true-positive test image to explain"})
+        return model_info, []
     model_info["nodule_area_fraction"] = float(masks.mean())
     print_json({"model": model_info})
 
@@ -129,7 +139,11 @@ def faithfulness_table(args, run_path):
     for name, spec in METHODS.items():
         if args.methods and name not in args.methods:
             continue
-        layers = [declared] + [la for la in args.layers if la != declared] if spec.needs_layer else [None]
+        if spec.family == "attention":
+            jobs += attention_jobs(model)
+            continue
+        layers = [declared] + [la for la in args.layers if la != declared and has_layer(model, la)] \
+            if spec.needs_layer else [None]
         jobs += [(name, la, (la + (" (declared)" if la == declared else "")) if la else "-", {}) for la in layers]
     rows = []
     rng = np.random.default_rng(0)
@@ -157,6 +171,29 @@ def faithfulness_table(args, run_path):
                      **evaluate_maps(model, x, maps, masks, args)})
         print_json(rows[-1])
     return model_info, rows
+
+
+def has_layer(model, name):
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def attention_jobs(model):
+    """The "attention" rows for a model with attention (none otherwise): the default map and one variant."""
+    from meddx.errors import MeddxError
+    from meddx.explain.attention import attention_modules
+
+    try:
+        kind = attention_modules(model)[0]
+    except MeddxError:
+        return []
+    variant = ("ViT last-layer CLS", {"vit_attention": "last"}) if kind == "vit" else \
+        ("coarsest gate", {"gates": "last"})
+    default = "ViT rollout" if kind == "vit" else "all gates (mean)"
+    return [("attention", None, default, {}), ("attention", None, variant[0], variant[1])]
 
 
 def cost(args):
@@ -260,23 +297,33 @@ def main() -> None:
     ap.add_argument("--memory-calls", type=int, default=1000)
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-faithfulness", action="store_true")
+    ap.add_argument("--model", nargs="+", default=["resnet18_slim"],
+                    help="registered models to train and explain, one table each (attention models: issue #19)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny training, 8 images, few methods")
     args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.train_images, args.images, args.size, args.skip_cost = 1, 300, 8, 28, True
+        args.methods, args.layers, args.occlusion_windows = args.methods or ["gradcam", "attention"], [], []
     torch.set_num_threads(args.threads)
 
-    model_info, rows, cost_info = None, [], None
+    tables, cost_info = [], None
     if not args.skip_cost:
         cost_info = cost(args)
         print_json({"cost": cost_info})
-    if not args.skip_faithfulness:
-        model_info, rows = faithfulness_table(args, get_run(args))
+    for model in [] if args.skip_faithfulness else args.model:
+        model_info, rows = faithfulness_table(args, get_run(args, model))
         cols = ["method", "layer", "pointing_game", "pointing_game_3px", "energy_in_mask", "deletion_auc"] + (
             ["insertion_auc"] if args.insertion else []) + ["ms/image"]
-        print_table(rows, cols, f"Explanations on the phantom ({model_info['n_explained']} true positives)")
+        print_table(rows, cols, f"{model}: explanations on the phantom ({model_info['n_explained']} true positives)")
+        tables.append((model_info, rows))
     print()
-    print(markdown(model_info, rows, cost_info))
-    print()
-    print_json([{"benchmark": "explain", **(model_info or {})} | ({"cost": cost_info} if cost_info else {})]
-               + [{k.replace("/", "_per_"): v for k, v in r.items()} for r in rows])
+    for i, (model_info, rows) in enumerate(tables or [(None, [])]):
+        print(markdown(model_info, rows, cost_info if i == 0 else None) + "\n")
+    out = [{"benchmark": "explain"} | ({"cost": cost_info} if cost_info else {})]
+    for model_info, rows in tables:
+        out += [model_info] + [{"model": model_info["model"]} | {k.replace("/", "_per_"): v for k, v in r.items()}
+                               for r in rows]
+    print_json(out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Default recipe on every 2D MedMNIST file in ../shared/datasets: test ACC/AUC beside the MedMNIST v2 paper.
 
-    python benchmarks/medmnist.py [--max-minutes N] [--only breastmnist] [--volumes]
+    python benchmarks/medmnist.py [--max-minutes N] [--only breastmnist] [--volumes] [--models resnet18_slim ...]
 
 The recipe is `meddx train`'s default (no per-data-set settings); the paper's ResNet-18 (28) and
-best-of-table figures are printed for the sets where the issue quotes them.
+best-of-table figures are printed for the sets where the issue quotes them. With several --models every
+model gets the same recipe (only the network changes); models run in the order given, first model first on
+every set, and each row is printed as a JSON line when it is done. The comparison table puts each model
+beside the first one (issue #19: ACC gap in points, AUC gap, training-time ratio).
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ PAPER = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="default: the recipe's budget (10 min 2D, 15 min volumes)")
+                    help="default: the recipe's (none in 2D, 15 min for volumes)")
     ap.add_argument("--volumes", action="store_true", help="also the 3D MedMNIST files (28^3)")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--out", default="/tmp/meddx-bench-runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phantom", action="store_true", help="also train the default recipe on the CT phantom")
+    ap.add_argument("--models", nargs="+", default=None, help="registered models (default: the default model)")
     args = ap.parse_args()
 
     from meddx.data import load_data
@@ -49,11 +53,15 @@ def main() -> None:
         files = [p for p in files if p.stem in args.only]
     if not files and not args.phantom:
         sys.exit(f"no 2D MedMNIST .npz files under {SHARED}")
+    from meddx.models import DEFAULT_MODEL
+
+    models = args.models or [DEFAULT_MODEL]
     rows = []
-    for path in files + (["phantom"] if args.phantom else []):
+    for model, path in [(m, p) for m in models for p in files + (["phantom"] if args.phantom else [])]:
         data = load_data("phantom") if path == "phantom" else load_medmnist(path)
-        cfg = TrainConfig(data=str(path), out=args.out, name=f"{data.name}-seed{args.seed}", seed=args.seed,
-                          max_minutes=args.max_minutes, progress=False)
+        suffix = "" if model == DEFAULT_MODEL else f"-{model}"
+        cfg = TrainConfig(data=str(path), model=model, out=args.out, name=f"{data.name}{suffix}-seed{args.seed}",
+                          seed=args.seed, max_minutes=args.max_minutes, progress=False)
         t = time.time()
         run = fit(cfg, data=data)
         train_s = time.time() - t
@@ -70,10 +78,34 @@ def main() -> None:
             "seconds": round(train_s, 1), "shipped": sel["shipped"], "peak_val_auc": round(sel["peak_score"], 4),
             "shipped_val_auc": round(sel["shipped_score"], 4), "gap": round(sel["gap"], 4),
         })
+        print_json(rows[-1])
     print_table(rows, ["dataset", "n_train", "model", "epochs", "acc", "auc", "acc_ci", "auc_ci", "paper_r18_acc",
                        "paper_r18_auc", "paper_best_acc", "paper_best_auc", "beats_r18", "seconds", "shipped", "gap"],
                 "meddx default recipe vs MedMNIST v2 paper (test split)")
-    print_json(rows)
+    if len(models) > 1:
+        gaps = versus_first(rows, models[0])
+        print_table(gaps, list(gaps[0]) if gaps else [], f"each model beside {models[0]} (same recipe, same run)")
+        print_json({"rows": rows, "versus_first": gaps})
+    else:
+        print_json(rows)
+
+
+def versus_first(rows: list[dict], reference: str) -> list[dict]:
+    """Per data set and model: ACC gap (points), AUC gap and training-time ratio to ``reference``;
+    ``within_target`` is issue #19's bar (ACC >= ref - 1 pt, AUC >= ref - 0.01, time <= 2x)."""
+    ref = {r["dataset"]: r for r in rows if r["model"] == reference}
+    out = []
+    for r in rows:
+        base = ref.get(r["dataset"])
+        if r["model"] == reference or base is None:
+            continue
+        acc_gap, auc_gap = 100 * (r["acc"] - base["acc"]), r["auc"] - base["auc"]
+        ratio = r["seconds"] / base["seconds"]
+        out.append({"dataset": r["dataset"], "model": r["model"], "epochs": r["epochs"],
+                    "ref_epochs": base["epochs"], "acc_gap_pt": round(acc_gap, 2), "auc_gap": round(auc_gap, 4),
+                    "time_ratio": round(ratio, 2),
+                    "within_target": bool(acc_gap >= -1.0 and auc_gap >= -0.01 and ratio <= 2.0)})
+    return out
 
 
 if __name__ == "__main__":

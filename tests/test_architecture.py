@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "meddx"
 
 # (rank, predicate on the dotted module name); the first match wins, lower rank = higher layer
 LAYERS: list[tuple[int, str, object]] = [
-    (0, "cli", lambda m: m == "meddx.cli"),
+    (0, "cli", lambda m: m in ("meddx.cli", "meddx.train")),
     (1, "capability commands", lambda m: m.endswith(".commands") or m.startswith(("meddx.serve", "meddx.pacs"))
      or m in ("meddx.explain.files", "meddx.deploy.compress", "meddx.deploy.methods", "meddx.deploy.finetune")),
     (2, "engine", lambda m: m.startswith(("meddx.engine", "meddx.runtimes"))),

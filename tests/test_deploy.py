@@ -145,7 +145,7 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
     img = tmp_path / "x.npy"
     np.save(img, (np.arange(28 * 28).reshape(28, 28) % 256).astype(np.float32))
     onnx_fp32 = invoke("predict", trained_run / "model.onnx", img, "--runtime", "onnx", "--json")
-    torch_out = invoke("predict", trained_run, img, "--json")
+    torch_out = invoke("predict", trained_run, img, "--runtime", "torch", "--json")
     assert onnx_fp32.exit_code == 0 and torch_out.exit_code == 0, onnx_fp32.output
     p_onnx = json.loads(onnx_fp32.output)[0]["probabilities"]
     p_torch = json.loads(torch_out.output)[0]["probabilities"]
@@ -158,6 +158,40 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
     p_int8 = json.loads(r.output)[0]["probabilities"]
     assert p_int8.keys() == p_torch.keys() and p_int8 != p_onnx  # the int8 model, not the fp32 one
     assert all(abs(p_int8[k] - p_torch[k]) < 0.15 for k in p_torch)
+
+
+def test_auto_runtime_uses_the_exported_onnx_model_only_while_it_matches_the_checkpoint(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(img)
+    assert invoke("export", run).exit_code == 0
+    # a fresh process: the ONNX path must not import PyTorch at all (that is what makes it start fast)
+    code = ("import sys\nfrom meddx.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", str(run), str(img), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    out = json.loads(proc.stdout[:proc.stdout.rindex("]") + 1])
+    assert out[0]["runtime"] == "onnxruntime fp32" and out[0]["model_files"] == [str(run / "model.onnx")]
+    assert proc.stdout.strip().endswith("torch not imported"), proc.stdout + proc.stderr
+    p_torch = json.loads(invoke("predict", run, img, "--runtime", "torch", "--json").output)[0]["probabilities"]
+    assert all(abs(out[0]["probabilities"][k] - p_torch[k]) < 1e-5 for k in p_torch)
+    # the checkpoint changes after the export (retrained, fine-tuned): auto goes back to PyTorch, never stale ONNX
+    ckpt = run / "last.safetensors"
+    ckpt.write_bytes((run / "best.safetensors").read_bytes() if (run / "best.safetensors").is_file() else b"")
+    record = json.loads((run / "export.json").read_text())
+    from meddx.utils.io import file_digest
+
+    if file_digest(ckpt) == record["checkpoint_sha256"]:  # best == last: make the bytes differ another way
+        record["checkpoint_sha256"] = "0" * 64
+        (run / "export.json").write_text(json.dumps(record))
+    r = invoke("predict", run, img, "--json")
+    assert r.exit_code == 0 and json.loads(r.output)[0]["runtime"] == "torch", r.output
 
 
 @pytest.mark.parametrize("method,extra", [

@@ -74,7 +74,10 @@ def slim_3d():
     return create_model("resnet18_slim", 1, 2, 12, spatial_dims=3)  # layer4 is 2x2x2: not a constant map
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+POST_HOC = [m for m in METHODS if METHODS[m].family != "attention"]  # attention models: tests/test_attention.py
+
+
+@pytest.mark.parametrize("method", POST_HOC)
 def test_every_method_2d(method, slim_2d):
     model = slim_2d
     n = 1 if method == "scorecam" else 2  # Score-CAM: one forward per channel and image
@@ -85,7 +88,7 @@ def test_every_method_2d(method, slim_2d):
     assert hook_count(model) == 0
 
 
-@pytest.mark.parametrize("method", list_methods(3))
+@pytest.mark.parametrize("method", [m for m in list_methods(3) if m in POST_HOC])
 def test_every_3d_method_on_a_3d_model(method, slim_3d):
     model = slim_3d
     maps = explain(model, torch.randn(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0)), method=method,

@@ -13,15 +13,18 @@ import typer
 from meddx.data import commands as data_commands
 from meddx.deploy import commands as deploy_commands
 from meddx.engine import commands as engine_commands
+from meddx.engine import reconstruct_commands, register_commands
 from meddx.explain import commands as explain_commands
 from meddx.models import commands as model_commands
+from meddx.pacs import commands as pacs_commands
 from meddx.serve import commands as serve_commands
 
 app = typer.Typer(help="meddx: medical images to diagnoses - train, evaluate, explain and ship models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 for sub_app in (engine_commands.app, explain_commands.app, deploy_commands.app, serve_commands.app,
-                data_commands.app, model_commands.app):
+                data_commands.app, model_commands.app, reconstruct_commands.app, register_commands.app,
+                pacs_commands.app):
     app.add_typer(sub_app)
 
 

@@ -16,5 +16,6 @@ KINDS: tuple[str, ...] = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
 # The other label structures a data bundle can hold (its ``task``), beside the classification kinds.
 SEGMENTATION = "segmentation"  # dense masks (N, 1, *spatial)
 DETECTION = "detection"  # one {"boxes", "labels"} dict per image
+REGISTRATION = "registration"  # (fixed, moving) image and label channels (N, 2, *spatial)
 
-__all__ = ["BINARY", "DETECTION", "KINDS", "MULTI_CLASS", "MULTI_LABEL", "ORDINAL", "SEGMENTATION"]
+__all__ = ["BINARY", "DETECTION", "KINDS", "MULTI_CLASS", "MULTI_LABEL", "ORDINAL", "REGISTRATION", "SEGMENTATION"]

@@ -46,6 +46,12 @@ def conform(px: Pixels, expected: Expected) -> tuple[torch.Tensor, list[Notice]]
     """``px`` as the model's input tensor ``(C, *expected.shape)``, plus the notices for what was converted."""
     import torch
 
+    arr, notices = conform_array(px, expected)
+    return torch.from_numpy(arr), notices
+
+
+def conform_array(px: Pixels, expected: Expected) -> tuple[np.ndarray, list[Notice]]:
+    """:func:`conform` as a numpy array: torch is imported only when a 2D image must be resized."""
     path, arr, notices = px.path, px.array, []
     want_dims = len(expected.shape)
     if arr.ndim - 1 == want_dims + 1 and arr.shape[1] == 1:  # a single frame / slice
@@ -60,17 +66,19 @@ def conform(px: Pixels, expected: Expected) -> tuple[torch.Tensor, list[Notice]]
     notices += [note] if note else []
     arr = _to_range(arr, expected, path)
     notices += _mapping_notice(px, expected)
-    t = torch.from_numpy(np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy(order="C"))
-    size = tuple(int(s) for s in t.shape[1:])
+    arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy(order="C")
+    size = tuple(int(s) for s in arr.shape[1:])
     if size != expected.shape:
         if not (expected.resize and want_dims == 2):
             raise MeddxError(f"has shape {size}, the model expects {expected.shape}", path)
+        import torch
+
         from meddx.data.images import resize_to
 
-        t = resize_to(t, expected.shape)
+        arr = resize_to(torch.from_numpy(arr), expected.shape).numpy()
         notices.append(Notice("resize", f"{path}: resized {'x'.join(map(str, size))} to the model's "
                                         f"{'x'.join(map(str, expected.shape))} input"))
-    return t, notices
+    return arr, notices
 
 
 def _to_range(arr: np.ndarray, expected: Expected, path: str) -> np.ndarray:
@@ -96,6 +104,14 @@ def _mapping_notice(px: Pixels, expected: Expected) -> list[Notice]:
 def read_input(path: str | Path, meta: dict[str, Any]) -> tuple[torch.Tensor, list[Notice]]:
     """One file conformed to a checkpoint's input, and the notices for what was converted (a resize is no
     notice for segmentation/detection: they map their outputs back to the original size themselves)."""
+    import torch
+
+    arr, notices = read_input_array(path, meta)
+    return torch.from_numpy(arr), notices
+
+
+def read_input_array(path: str | Path, meta: dict[str, Any]) -> tuple[np.ndarray, list[Notice]]:
+    """:func:`read_input` as a numpy array (the torch-free prediction path)."""
     expected = Expected.from_meta(meta)
     if len(expected.shape) == 3:
         from meddx.data.volumes import read_volume_pixels
@@ -105,18 +121,25 @@ def read_input(path: str | Path, meta: dict[str, Any]) -> tuple[torch.Tensor, li
         from meddx.data.images import read_pixels
 
         px = read_pixels(path, expected.mapping)
-    tensor, notices = conform(px, expected)
+    arr, notices = conform_array(px, expected)
     if meta.get("task", "classification") != "classification":
         notices = [n for n in notices if n.kind != "resize"]
-    return tensor, notices
+    return arr, notices
 
 
 def load_input(path: str | Path, meta: dict[str, Any], said: set[str] | None = None) -> torch.Tensor:
     """Read one file and conform it to a checkpoint's input; notices go to stderr once per kind in ``said``."""
-    tensor, notices = read_input(path, meta)
+    import torch
+
+    return torch.from_numpy(load_input_array(path, meta, said))
+
+
+def load_input_array(path: str | Path, meta: dict[str, Any], said: set[str] | None = None) -> np.ndarray:
+    """:func:`load_input` as a numpy array."""
+    arr, notices = read_input_array(path, meta)
     said = set() if said is None else said
     for n in notices:
         if n.kind not in said:
             said.add(n.kind)
             print(f"notice: {n.text}", file=sys.stderr)
-    return tensor
+    return arr

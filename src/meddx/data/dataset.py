@@ -15,7 +15,7 @@ import torch
 from meddx.data.split import Split
 from meddx.data.validate import VALIDATORS, check_class_coverage, validate_split
 from meddx.errors import MeddxError
-from meddx.kinds import DETECTION, KINDS, MULTI_LABEL, SEGMENTATION
+from meddx.kinds import DETECTION, KINDS, MULTI_LABEL, REGISTRATION, SEGMENTATION
 
 
 @dataclass
@@ -34,9 +34,9 @@ class DataBundle:
     class_source: str = "declared"  # where class names came from: medmnist, npz, sidecar, folder, csv, generic
 
     def __post_init__(self) -> None:
-        if self.task not in KINDS + (SEGMENTATION, DETECTION):
+        if self.task not in KINDS + (SEGMENTATION, DETECTION, REGISTRATION):
             raise MeddxError(f"unknown task {self.task!r}; expected one of "
-                             f"{', '.join(KINDS + (SEGMENTATION, DETECTION))}", self.source)
+                             f"{', '.join(KINDS + (SEGMENTATION, DETECTION, REGISTRATION))}", self.source)
         for split_name in ("train", "val", "test"):
             check = VALIDATORS.get(self.task, validate_split)
             check(getattr(self, split_name), self.task, len(self.class_names),

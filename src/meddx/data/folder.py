@@ -18,12 +18,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from meddx.data.arrays import NIFTI_SUFFIXES
 from meddx.data.dataset import DataBundle, Split, stratified_split
-from meddx.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_pixels
+from meddx.data.images import ARRAY_SUFFIXES, DICOM_SUFFIXES, IMAGE_SUFFIXES, read_pixels
 from meddx.errors import MeddxError
 from meddx.kinds import BINARY, MULTI_CLASS
 
-FOLDER_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+# every file kind the one reader reads (as `meddx predict` does): an array or NIfTI file in a class folder is
+# trained on, or refused if broken, never silently skipped
+FOLDER_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | ARRAY_SUFFIXES | set(NIFTI_SUFFIXES)
 
 
 def load_image_folder(root: str | Path, image_size: int = 28, channels: int | None = None,
@@ -123,7 +126,7 @@ def _bundle(name: str, source: str, listing: Listing, image_size: int, channels:
 def _is_image_file(p: Path) -> bool:
     if p.name.startswith(".") or not p.is_file():
         return False
-    if p.suffix.lower() in FOLDER_SUFFIXES:
+    if p.suffix.lower() in FOLDER_SUFFIXES or p.name.lower().endswith(NIFTI_SUFFIXES):
         return True
     try:  # extension-less DICOM (series files named by their UID)
         with open(p, "rb") as f:

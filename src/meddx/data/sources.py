@@ -33,6 +33,14 @@ def load_data(spec: str, *, data_dir: str | None = None, size: int | None = None
         from meddx.data.detection import load_detection_data
 
         return load_detection_data(spec, size=size, seed=seed)
+    if task == "reconstruction":
+        from meddx.data.recon_data import load_reconstruction
+
+        return load_reconstruction(spec, size=size, seed=seed)
+    if task == "registration":
+        from meddx.data.registration import load_registration
+
+        return load_registration(spec, size=size, seed=seed)
     path = Path(spec).expanduser()
     if spec == "phantom":
         return load_phantom(size=size or PHANTOM_SIZE, seed=seed)

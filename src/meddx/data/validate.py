@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from meddx.errors import MeddxError
-from meddx.kinds import DETECTION, MULTI_LABEL, SEGMENTATION
+from meddx.kinds import DETECTION, MULTI_LABEL, REGISTRATION, SEGMENTATION
 
 if TYPE_CHECKING:
     from meddx.data.split import Split
@@ -167,4 +167,18 @@ def check_class_coverage(train: Split, others: dict[str, Split], task: str, clas
                          f"{DECLARE_HINT})", f"{where} [train]")
 
 
-VALIDATORS = {SEGMENTATION: validate_segmentation_split, DETECTION: validate_detection_split}
+def validate_registration_split(split: Split, task: str, num_classes: int, where: str) -> None:
+    """Registration pairs: images (N, 2, *S) = (fixed, moving); labels (N, 2, *S) label maps on the same grid."""
+    x, y = split.images, split.labels
+    _check_rank(x, where)
+    if x.shape[1] != 2:
+        raise MeddxError(f"registration images must hold (fixed, moving) as 2 channels, got {x.shape[1]}", where)
+    if tuple(y.shape) != tuple(x.shape):
+        raise MeddxError(f"registration labels {tuple(y.shape)} must match the images {tuple(x.shape)}", where)
+    _check_finite(x, where)
+    if y.numel() and int(y.max()) >= num_classes:
+        raise MeddxError(f"label {int(y.max())} out of range for {num_classes} structures", where)
+
+
+VALIDATORS = {SEGMENTATION: validate_segmentation_split, DETECTION: validate_detection_split,
+              REGISTRATION: validate_registration_split}

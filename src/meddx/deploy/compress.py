@@ -273,6 +273,7 @@ def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples:
     """Write ``<run>/model.onnx`` (and ``model_int8.onnx``), verified against PyTorch; returns ``export.json``."""
     from meddx.deploy import onnx_export, quantize
     from meddx.deploy.latency import file_mb
+    from meddx.utils.io import file_digest
 
     src = RunDir.open(run_path)
     cfg = TrainConfig.load(src.config)
@@ -292,7 +293,8 @@ def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples:
         except MeddxError:
             data, images = None, None  # fp32 export needs no data: verify on random images in the input range
     fp32 = onnx_export.export_onnx(model, meta, src.path / "model.onnx")
-    result: dict[str, Any] = {"checkpoint": str(ckpt), "onnx": str(fp32), "opset": onnx_export.OPSET,
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "checkpoint_sha256": file_digest(ckpt, "sha256"),
+                              "onnx": str(fp32), "opset": onnx_export.OPSET,
                               "file_mb": file_mb(fp32), "input": {"dtype": meta.get("input_dtype", "uint8"),
                                                                   "shape": ["batch", meta["in_channels"],
                                                                             *meta["image_shape"]]},

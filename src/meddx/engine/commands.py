@@ -28,8 +28,11 @@ def _train_config(**kw: Any):
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
     task: str | None = typer.Option(None, help="classification (default) or another registered task"),
+    degrade: str | None = typer.Option(None, help="reconstruction: lowdose | lowdose1024 | sparseview | "
+                                       "sparseview90 | mri4x | mri8x | mri4x-random"),
     positive_class: str | None = typer.Option(None, help="binary: the finding (class name or id) that "
                                               "sensitivity, PPV and ROC are for; default: the data set's"),
     model: str | None = typer.Option(None, help="registered model (see `meddx models`)"),
@@ -59,11 +62,23 @@ def train(
     tensorboard: bool = typer.Option(False, help="also log to TensorBoard"),
     resume: Path | None = typer.Option(None, help="continue an interrupted run folder"),
     evaluate: bool = typer.Option(True, help="evaluate on the test split and write the report afterwards"),
+    nproc: int = typer.Option(1, help="data-parallel processes on this machine (DDP through torchrun)"),
+    nnodes: str = typer.Option("1", help="machines (or MIN:MAX), each running this command; needs --rdzv-endpoint"),
+    rdzv_endpoint: str | None = typer.Option(None, help="HOST:PORT of the c10d rendezvous (several machines)"),
+    max_restarts: int = typer.Option(0, help="restart all workers this often after a failure (resuming)"),
 ) -> None:
     """Train a model; writes a run folder with config, history and checkpoints."""
     from meddx.engine.fit import fit
 
-    cfg = _train_config(data=data, task=task, positive_class=positive_class, model=model, size=size,
+    if nproc > 1 or nnodes != "1" or rdzv_endpoint:
+        from meddx.engine.launch import launch_training
+
+        run_path = launch_training(ctx, nproc, nnodes, rdzv_endpoint, max_restarts)  # rank 0 prints the folder
+        if evaluate:
+            _evaluate_and_print(run_path)
+        return
+
+    cfg = _train_config(data=data, task=task, degrade=degrade, positive_class=positive_class, model=model, size=size,
                         data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,
@@ -72,8 +87,11 @@ def train(
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
     console = _console(stderr=True)
     run = fit(cfg, resume=resume, console=console)
-    console.print(f"run folder: {run.path}")
-    if evaluate:
+    from meddx.engine.distributed import is_main
+
+    if is_main():  # under torchrun: rank 0 reports and evaluates
+        console.print(f"run folder: {run.path}")
+    if evaluate and is_main():
         _evaluate_and_print(run.path)
 
 
@@ -102,24 +120,45 @@ def evaluate(
 @user_errors
 def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="run folder or .safetensors checkpoint"),
-    images: list[Path] = typer.Argument(..., metavar="FILE...",
-                                         help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
+    images: list[Path] | None = typer.Argument(None, metavar="FILE...",
+                                                help="PNG/JPEG/.npy files (3D segmentation: NIfTI/NRRD/DICOM folder)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     device: str = typer.Option("auto"),
     runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
-                                "for a ptq/qat-compressed run, else torch; onnx is the run's model.onnx"),
+                                "for a ptq/qat-compressed run, onnx (model.onnx, starts without PyTorch) when "
+                                "`meddx export` made it from the checkpoint in use, else torch"),
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
+    input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
+    output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
+    workers: int | None = typer.Option(None, help="with --input: decoding processes (default: a quarter of the cores)"),
+    dicom_out: Path | None = typer.Option(None, help="DICOM inputs: also write de-identified DICOM results here "
+                                          "(TID 1500 SR + heat-map SC for classification, SEG for masks)"),
 ) -> None:
     """Predict classes and probabilities for image files (masks for segmentation runs, as files + JSON)."""
     from meddx.data.pixels import check_inputs
+    from meddx.errors import MeddxError
     from meddx.runtimes import check_runtime
 
     check_runtime(runtime)  # a bad option or file fails before torch and the checkpoint load
+    if input is not None or output is not None:
+        if input is None or output is None or images:
+            raise MeddxError("--input and --output go together, without FILE arguments")
+        from meddx.engine.batch_predict import predict_archive
+
+        typer.echo(predict_archive(run, input, output, runtime=runtime, device=device, workers=workers).line())
+        return
+    if not images:
+        raise MeddxError("give image FILEs, or --input DIR|GLOB|CSV --output results.csv|.parquet")
     check_inputs(run, images)
     from meddx.engine.predict import Predictor
 
     predictor = Predictor(run, device=device, runtime=runtime)
-    results = predictor.predict_files(list(images), out_dir=out)
+    if dicom_out is not None:
+        from meddx.pacs.results import predict_dicom_out
+
+        results = predict_dicom_out(predictor, list(images), dicom_out)
+    else:
+        results = predictor.predict_files(list(images), out_dir=out)
     used = {"runtime": predictor.runtime.label, "model_files": [str(f) for f in predictor.files]}
     if as_json or "probabilities" not in results[0]:
         typer.echo(json.dumps([r | used for r in results], indent=2))

@@ -22,6 +22,7 @@ class TrainConfig:
     size: int | None = None  # MedMNIST file size (28/64/128/224), resize target for folders/CSV, phantom side;
     # None: the source's default (28 px)
     task: str = "classification"
+    degrade: str | None = None  # reconstruction: the simulated degradation (meddx.data.degrade.DEGRADATIONS)
     positive_class: str | None = None  # binary: the finding (class name or id); None: the one the data set
     # declares (MedMNIST: from its label names), else the last class
     # model

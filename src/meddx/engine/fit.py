@@ -11,7 +11,7 @@ import torch
 
 from meddx.data import DataBundle, load_data
 from meddx.data.augment import POLICIES, Normalization
-from meddx.engine import recipe
+from meddx.engine import distributed, recipe
 from meddx.engine.averaging import TailAverage, make_ema, recalibrate_bn
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from meddx.engine.config import TrainConfig, augment_policy
@@ -86,6 +86,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kin
         # applies the same mapping (meddx.data.intensity)
         "intensity_mapping": data.extra.get("intensity_mapping"),
         "positive_class": positive_class(cfg, data),  # binary: the finding's class id
+        "degrade": cfg.degrade,  # reconstruction: the simulated degradation
     }
 
 
@@ -128,10 +129,11 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
 
     Ctrl-C raises :class:`meddx.errors.Interrupted` naming the checkpoint that exists (or saying none does).
     """
+    resume = distributed.resume_after_restart(cfg, resume)  # torchrun --max-restarts: continue the run
     run, cfg = (RunDir.open(resume), None) if resume is not None else (None, cfg)
     cfg = cfg or TrainConfig.load(run.config)
     cfg.validate()
-    device = pick_device(cfg.device)
+    device = distributed.setup(pick_device(cfg.device))  # joins the process group when torchrun started us
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
     recipe.resolve_losses(cfg, data)  # label smoothing; stored resolved in config.json
@@ -142,14 +144,16 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     restart = run is None or not run.last.is_file()  # a run interrupted before its first checkpoint starts over
     training = build_training(cfg, data, task, device, pretrained=restart)
     if restart:
-        run = start_run(run, cfg, data, training)
+        run = RunDir(distributed.start_on_main(start_run, run, cfg, data, training))  # rank 0 writes
         progress = Progress()
     else:
         progress = restore_training(run, training, task.monitor)
+    task = distributed.wrap_task(task, training.model, device, cfg)  # DDP: sharded batches, gathered validation
     try:
         train_epochs(run, cfg, data, task, training, progress, console)
     except KeyboardInterrupt:
         raise Interrupted(interrupt_message(run)) from None
+    distributed.shutdown()
     return run
 
 
@@ -218,7 +222,7 @@ def restore_training(run: RunDir, training: Training, monitor: str) -> Progress:
 def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: Training,
                  progress: Progress, console: Any = None) -> None:
     """The loop: one epoch, its checkpoints and history row, early stopping and the time budget."""
-    writer = _tensorboard(run.path) if cfg.tensorboard else None
+    writer = _tensorboard(run.path) if cfg.tensorboard and distributed.is_main() else None
     patience = cfg.patience or math.inf
     start = progress.start_epoch
     with EpochProgress(training.epochs, training.steps, enabled=cfg.progress, console=console) as bar:
@@ -232,11 +236,12 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
             bar.start_epoch(epoch)
             row = {"epoch": epoch, **run_epoch(training.model, task, (data.train, data.val), training.optimizer,
                                                training.scheduler, settings, gen, _ema_bn(training, data, epoch))}
+            row["train_loss"] = distributed.mean_over_ranks(row["train_loss"])
             if training.average is not None:
                 training.average.update(training.model, epoch)
             score = row[f"val_{task.monitor}"]
             improved = progress.record(row, score)
-            save_epoch(run, cfg, data, training, progress, improved, score)
+            distributed.on_main(save_epoch, run, cfg, data, training, progress, improved, score)
             _log_scalars(writer, row)
             bar.end_epoch(row, task.monitor, improved)
             if progress.stale >= patience:
@@ -260,7 +265,8 @@ def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any
     planner = recipe.BudgetPlanner(budget, training.steps,
                                    training.epochs, lambda n: shorten_schedule(training, n, bar),
                                    len(data.val) / max(1, len(data.train)),
-                                   recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1, start)
+                                   recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1, start,
+                                   agree=distributed.broadcast_json)  # DDP: rank 0's plan on every rank
     planner.start()
     return planner
 
@@ -282,10 +288,10 @@ def ship(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: T
     within 0.02 of the peak epoch; ``selection.json`` records why."""
     def save_best(model: torch.nn.Module, score: float) -> None:
         meta = checkpoint_meta(cfg, data, training.norm, data.task, progress.history[-1]["epoch"], score)
-        save_checkpoint(run.best, model, meta | {"averaged_epochs": training.average.count})
+        distributed.on_main(save_checkpoint, run.best, model, meta | {"averaged_epochs": training.average.count})
 
     chosen = finish(progress.history, task, data, training, save_best, cfg.eval_batch_size)
-    run.write_json(run.path / "selection.json", chosen.to_dict())
+    distributed.on_main(run.write_json, run.path / "selection.json", chosen.to_dict())
     bar.note(f"shipped ({cfg.select} -> best.safetensors): {chosen.shipped}, validation {task.monitor} "
              f"{chosen.shipped_score:.4f} (peak {chosen.peak_score:.4f})")
 

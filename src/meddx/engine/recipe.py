@@ -97,6 +97,7 @@ class BudgetPlanner:
     val_share: float = 0.0  # validation images / training images
     floor: int = 1  # fewest epochs the first plan may choose (EPOCH_FLOOR)
     first: int = 0  # the epoch this session starts at (a resumed run has already run the ones before)
+    agree: Any = None  # DDP: maps this rank's plan to rank 0's (called at the same points on every rank)
     t0: float = 0.0
     _tic: float | None = None
     _planned_early: bool = False
@@ -127,6 +128,8 @@ class BudgetPlanner:
                                           max(done + 1, self.floor - start)))
 
     def _apply(self, epochs: int) -> None:
+        if self.agree is not None:
+            epochs = self.agree(epochs)
         if epochs < self.planned:
             self.planned = epochs
             self.shorten(epochs)

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from meddx.errors import MeddxError
+from meddx.explain.attention import attention_maps
 from meddx.explain.attribution import integrated_gradients, occlusion, saliency
 from meddx.explain.cam import cam_runner, grad_cam_class, score_cam_class
 from meddx.explain.hooks import hook_count, model_guard
@@ -49,7 +50,7 @@ class Method:
 
     name: str
     label: str  # display name
-    family: str  # "cam" (hooks a layer), "gradient" or "perturbation"
+    family: str  # "cam" (hooks a layer), "gradient", "perturbation" or "attention" (the model's own)
     supports_3d: bool
     summary: str
     run: Callable[..., torch.Tensor]  # (model, x, targets, layer, options) -> (N, *spatial) raw map
@@ -80,6 +81,8 @@ _TABLE = (
     Method("saliency", "Saliency", "gradient", True, "max |input gradient| over channels (captum)", saliency),
     Method("occlusion", "Occlusion", "perturbation", True, "score drop when a sliding patch "
            "(1/12 of the side, 1/4 in 3D) is set to the mean (captum; many forwards, slow in 3D)", occlusion),
+    Method("attention", "Attention", "attention", True, "the network's own attention: attention-gate / CBAM "
+           "coefficients, ViT attention rollout (attention models only)", attention_maps, class_agnostic=True),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 _ALIASES = {"gradcampp": "gradcam++", "gradcam_plusplus": "gradcam++", "grad-cam": "gradcam",

@@ -71,8 +71,6 @@ def _render(context: dict[str, Any]) -> str:
 
     from meddx.data.augment import Normalization
     from meddx.explain.methods import explain, resolve_layer
-    from meddx.explain.overlay import row_png
-    from meddx.report.page import img_tag
 
     model, meta = context["model"], context["meta"]
     data, split = context["data"], context.get("split", "test")
@@ -91,8 +89,40 @@ def _render(context: dict[str, Any]) -> str:
     pairs = list(by_pair)
     x = norm(images[torch.tensor([i for i, _ in pairs])])
     maps = explain(model, x, [t for _, t in pairs], "gradcam", model_name=meta["model"])
-    found = {pair: heat for pair, heat in zip(pairs, maps)}
-    y_score = np.asarray(context["y_score"])
+    cells = (picks, images, classes, np.asarray(context["y_score"]), multilabel)
+    table = _table({pair: heat for pair, heat in zip(pairs, maps)}, *cells)
+    more = (f" Only the first {MAX_CLASSES} of {len(classes)} classes are shown." if len(classes) > MAX_CLASSES
+            else "")
+    what = ("For each finding: found positives and mistakes (missed or false alarm), the map explaining that "
+            "finding." if multilabel else "For each true class: the most confident correct predictions and the "
+            "most confident mistakes; each map explains the class the model predicted (caption: class, "
+            "probability).")
+    html = (f"<p class='note'>Grad-CAM on layer <code>{escape(layer_name)}</code> of {escape(meta['model'])}: red "
+            f"marks the regions that most raised the explained class's score. {what} A heat map shows where "
+            f"the model looked, not whether it was right; on small images it is coarse.{more}</p>{table}")
+    if has_attention(model):  # the network's own attention on the same images (issue #19)
+        own = explain(model, x, [t for _, t in pairs], "attention")
+        html += ("<p class='note'>The network's own attention on the same images (attention-gate / CBAM "
+                 "coefficients, or the ViT's attention rollout; the same for every class).</p>"
+                 + _table({pair: heat for pair, heat in zip(pairs, own)}, *cells))
+    return html
+
+
+def has_attention(model: Any) -> bool:
+    from meddx.errors import MeddxError
+    from meddx.explain.attention import attention_modules
+
+    try:
+        return bool(attention_modules(model)[1])
+    except MeddxError:
+        return False
+
+
+def _table(found: dict, picks: list, images: Any, classes: list, y_score: np.ndarray, multilabel: bool) -> str:
+    """Class rows x (correct, wrong) cells of overlaid maps."""
+    from meddx.explain.overlay import row_png
+    from meddx.report.page import img_tag
+
     rows = []
     for c in range(min(len(classes), MAX_CLASSES)):
         cells = []
@@ -106,14 +136,5 @@ def _render(context: dict[str, Any]) -> str:
             png = row_png([images[i] for i in idx], [found[(i, t)] for i, t in zip(idx, explained)], caps)
             cells.append(f"<td>{img_tag(png, f'{classes[c]}: {kind}', 90 * len(idx) + 10)}</td>")
         rows.append(f"<tr><td>{escape(str(classes[c]))}</td>{''.join(cells)}</tr>")
-    more = (f" Only the first {MAX_CLASSES} of {len(classes)} classes are shown." if len(classes) > MAX_CLASSES
-            else "")
-    what = ("For each finding: found positives and mistakes (missed or false alarm), the map explaining that "
-            "finding." if multilabel else "For each true class: the most confident correct predictions and the "
-            "most confident mistakes; each map explains the class the model predicted (caption: class, "
-            "probability).")
-    return (f"<p class='note'>Grad-CAM on layer <code>{escape(layer_name)}</code> of {escape(meta['model'])}: red "
-            f"marks the regions that most raised the explained class's score. {what} A heat map shows where "
-            f"the model looked, not whether it was right; on small images it is coarse.{more}</p>"
-            "<div class='table-wrap'><table class='metrics'><thead><tr><th>Class</th><th>Correct</th>"
+    return ("<div class='table-wrap'><table class='metrics'><thead><tr><th>Class</th><th>Correct</th>"
             f"<th>Wrong</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")

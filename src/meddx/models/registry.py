@@ -25,7 +25,7 @@ class ModelSpec:
     target_layer: str  # default layer for CAM methods (dotted module path)
     head: str  # dotted path of the classifier module replaced by transfer learning
     spatial_dims: tuple[int, ...] = (2,)
-    kind: str = "classifier"  # classifier | segmenter | detector (segmenters/detectors have no head: "")
+    kind: str = "classifier"  # classifier | segmenter | detector | registration (only classifiers have a head)
 
 
 _SPECS = (
@@ -45,13 +45,43 @@ _SPECS = (
               "conv5", "fc"),
     ModelSpec("efficientnet_b0", "timm_nets:build_efficientnet_b0", "EfficientNet-B0", "timm", "conv_head",
               "classifier"),
+    ModelSpec("lenet5", "lenet:build", "LeNet-5: conv-pool-conv-pool-fc-fc-fc, 6/16/120/84 (ReLU, max pool)",
+              "torch.nn", "features", "classifier.fc3", (2, 3)),
+    ModelSpec("se_resnet18_slim", "attention_nets:build_se_resnet18_slim",
+              "resnet18_slim layout + squeeze-excitation (channel attention) in every block", "MONAI", "layer3",
+              "fc", (2, 3)),
+    ModelSpec("cbam_resnet18_slim", "attention_nets:build_cbam_resnet18_slim",
+              "resnet18_slim layout + CBAM (channel + spatial attention) in every block; method attention",
+              "timm", "layer3", "fc"),
+    ModelSpec("ag_resnet18_slim", "attention_nets:build_ag_resnet18_slim",
+              "resnet18_slim + attention gates (Attention U-Net's) on layer2/3 driven by layer4; method attention",
+              "meddx", "layer3", "fc", (2, 3)),
+    ModelSpec("vit_slim", "attention_nets:build_vit_slim",
+              "vision transformer, 4 px patches below 64 px, 6 blocks x 3 heads, width 96; method attention",
+              "timm", "patch_embed.proj", "head"),
     ModelSpec("unet", "monai_seg:build_unet", "U-Net, residual units, 16-128 channels (segmentation, 2D/3D)",
               "MONAI", "", "", (2, 3), "segmenter"),
     ModelSpec("segresnet", "monai_seg:build_segresnet", "SegResNet, 8 initial filters (segmentation, 2D/3D)",
               "MONAI", "", "", (2, 3), "segmenter"),
+    ModelSpec("attention_unet", "attention_nets:build_attention_unet",
+              "Attention U-Net, channels 16-128 (segmentation, 2D/3D)", "MONAI", "", "", (2, 3), "segmenter"),
     ModelSpec("centernet_slim", "detectors:build_centernet_slim",
               "CenterNet heat-map detector, narrow ResNet encoder + FPN (2D stride 4, 3D stride 2)", "torch.nn",
               "", "", (2, 3), "detector"),
+    ModelSpec("recon_unet", "recon_nets:build_recon_unet", "residual MONAI U-Net 16-128 ch (CT denoising / FBP "
+              "post-processing, reconstruction)", "MONAI", "", "", (2,), "reconstructor"),
+    ModelSpec("dncnn", "recon_nets:build_dncnn", "DnCNN-style residual CNN, 10 x 48 ch (reconstruction)",
+              "torch.nn", "", "", (2,), "reconstructor"),
+    ModelSpec("recon_unet_dc", "recon_nets:build_recon_unet_dc", "2 cascades of U-Net + k-space data consistency "
+              "(undersampled MRI, reconstruction)", "MONAI", "", "", (2,), "reconstructor"),
+    ModelSpec("regunet_svf", "registration_nets:build_regunet",
+              "U-Net 16-64 predicting a velocity field, scaling-and-squaring (registration, 2D/3D)", "MONAI",
+              "", "", (2, 3), "registration"),
+    ModelSpec("voxelmorph", "registration_nets:build_voxelmorph",
+              "VoxelMorph U-Net + scaling-and-squaring (diffeomorphic VoxelMorph; registration, 2D/3D)", "MONAI",
+              "", "", (2, 3), "registration"),
+    ModelSpec("localnet", "registration_nets:build_localnet", "LocalNet displacement field (registration, 2D/3D)",
+              "MONAI", "", "", (2, 3), "registration"),
 )
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 DEFAULT_MODEL = "resnet18_slim"

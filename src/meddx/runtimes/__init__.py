@@ -35,28 +35,60 @@ def check_runtime(name: str) -> str:
 
 
 def default_runtime(source: str | Path, meta: dict[str, Any] | None) -> str:
-    """``int8`` for an int8-compressed run (ptq/qat) that ships ``model_int8.onnx``, else ``torch``."""
+    """``int8`` for an int8-compressed run (ptq/qat) that ships ``model_int8.onnx``; ``onnx`` for a run whose
+    ``model.onnx`` was exported from the very checkpoint it would otherwise use (``export.json`` records that
+    file's sha256) when ONNX Runtime is installed; else ``torch``."""
     folder = Path(source)
+    ckpt = folder if folder.is_file() else None
     folder = folder.parent if folder.is_file() else folder
     compressed = ((meta or {}).get("compression") or {}).get("method") in INT8_COMPRESSION
-    return "int8" if compressed and (folder / "model_int8.onnx").is_file() else "torch"
+    if compressed and (folder / "model_int8.onnx").is_file():
+        return "int8"
+    return "onnx" if _exported_from(folder, ckpt) else "torch"
+
+
+def _exported_from(folder: Path, ckpt: Path | None) -> bool:
+    import importlib.util
+    import json
+
+    from meddx.utils.io import file_digest
+
+    try:
+        record = json.loads((folder / "export.json").read_text())
+        if ckpt is None:
+            from meddx.engine.run import RunDir
+
+            ckpt = RunDir.open(folder).model_checkpoint()
+    except (OSError, ValueError, MeddxError):
+        return False
+    # the file name and its bytes, not the path: a run folder may have been moved or copied since the export
+    return (Path(record.get("checkpoint", "")).name == ckpt.name and (folder / "model.onnx").is_file()
+            and record.get("checkpoint_sha256") == file_digest(ckpt, "sha256")
+            and importlib.util.find_spec("onnxruntime") is not None)
+
+
+def resolve(name: str, source: str | Path) -> str:
+    """The runtime ``name`` stands for on ``source``: ``auto`` by :func:`default_runtime` from the checkpoint's
+    metadata (read without torch), ``onnx`` for a ``.onnx`` file given directly."""
+    name = check_runtime(name)
+    if name != "auto":
+        return name
+    path = Path(source)
+    if path.suffix == ".onnx":
+        return "onnx"
+    from meddx.engine.run import RunDir
+    from meddx.utils.checkpoints import read_meta
+
+    ckpt = path if path.is_file() else RunDir.open(path).model_checkpoint()
+    return default_runtime(ckpt, read_meta(ckpt))
 
 
 def open_runtime(name: str, source: str | Path, device: str = "auto", loaded: Any = None) -> Any:
-    """Open runtime ``name`` on a run folder or a model file.
-
-    ``auto``: :func:`default_runtime` from the checkpoint's metadata (``onnx`` for a ``.onnx`` file given
-    directly). ``loaded``: an open ``torch`` runtime of the same run, reused rather than loading the checkpoint
-    again (``auto`` needs it for the metadata anyway).
-    """
-    name = check_runtime(name)
-    if name == "auto" and Path(source).suffix == ".onnx":
-        name = "onnx"
-    if name in ("auto", "torch"):
-        loaded = loaded if loaded is not None else _open("torch", source, device)
-        if name == "torch" or default_runtime(source, loaded.meta) == "torch":
-            return loaded
-        name = "int8"
+    """Open runtime ``name`` (``auto``: :func:`resolve`) on a run folder or a model file. ``loaded``: an open
+    ``torch`` runtime of the same run, reused rather than loading the checkpoint again."""
+    name = resolve(name, source)
+    if name == "torch" and loaded is not None:
+        return loaded
     return _open(name, source, device)
 
 

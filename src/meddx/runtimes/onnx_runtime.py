@@ -6,9 +6,9 @@ Preprocessing and the softmax/sigmoid are inside the exported graph, so the runt
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from meddx.errors import MeddxError
 from meddx.models.onnx_io import OnnxPredictor
@@ -36,7 +36,7 @@ class OnnxRuntime:
             raise MeddxError(f"run has no {self.file_name} for runtime {self.name} ({self.hint})", folder)
         return candidate
 
-    def predict(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
         return self.predictor.predict(images)
 
 

@@ -31,6 +31,7 @@ class TorchRuntime:
         self.norm = Normalization(**self.meta["normalization"])
         self.files = [path]
 
-    def predict(self, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    def predict(self, images: torch.Tensor | np.ndarray, batch_size: int = 512) -> np.ndarray:
+        images = torch.as_tensor(images)
         y_score, _ = predict(self.model, images, self.task, self.norm, batch_size=batch_size, device=self.device)
         return y_score

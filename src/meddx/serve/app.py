@@ -30,8 +30,9 @@ log = logging.getLogger("meddx.serve")
 
 
 def create_app(runs: Sequence[str | Path], runtime: str = "auto", token: str | None = None,
-               limits: Limits | None = None, device: str = "cpu") -> Any:
-    """A FastAPI app serving ``runs`` (run folders; each is served under its folder name)."""
+               limits: Limits | None = None, device: str = "cpu", pacs_url: str | None = None) -> Any:
+    """A FastAPI app serving ``runs`` (run folders; each is served under its folder name); with ``pacs_url`` (a
+    DICOMweb root) it can also send de-identified DICOM results to that PACS."""
     from fastapi import FastAPI
 
     from meddx.serve.models import load_model
@@ -70,9 +71,13 @@ def create_app(runs: Sequence[str | Path], runtime: str = "auto", token: str | N
     _error_handlers(app)
     _info_routes(app, served, batchers, metrics)
     _predict_route(app, served, batchers, limits)
+    if pacs_url:
+        from meddx.serve.routes_pacs import pacs_route
+
+        pacs_route(app, served, limits, pacs_url)
     from meddx.serve.page import page_html
 
-    app.get("/", include_in_schema=False)(_html_route(page_html()))
+    app.get("/", include_in_schema=False)(_html_route(page_html(pacs=bool(pacs_url))))
     app.add_middleware(Guard, limits=limits, metrics=metrics, token=token)
     return app
 
@@ -162,17 +167,25 @@ def _predict_route(app: Any, served: dict[str, Any], batchers: dict[str, Any], l
     @app.post("/v1/models/{name}/predict", summary="Predict on one uploaded image")
     async def predict(name: str, file: UploadFile = File(..., description=f"the image ({_accepted()})"),
                       explain: str | None = Query(None, description=f"heat-map method: {', '.join(list_methods())}"),
-                      image: bool = Query(False, description="also return the model's input as a PNG")
-                      ) -> dict[str, Any]:
+                      image: bool = Query(False, description="also return the model's input as a PNG"),
+                      output: str = Query("json", description="json | dicom: the de-identified SR / SEG / SC "
+                                          "as multipart/related DICOM (DICOM uploads)")
+                      ) -> Any:
         if name not in served:
             raise HTTPException(404, f"no model named {name!r} (served: {', '.join(served)})")
         if explain is not None:
             from meddx.explain.methods import get_method
 
             get_method(explain)  # an unknown method: 400 listing the registered ones
+        if output not in ("json", "dicom"):
+            raise HTTPException(400, f"output must be json or dicom, not {output[:40]!r}")
         data = await file.read()
         if len(data) > limits.max_upload_bytes:
             raise HTTPException(413, f"upload too large (limit {limits.max_upload_bytes:,} bytes)")
+        if output == "dicom":
+            from meddx.serve.routes_pacs import dicom_response
+
+            return await dicom_response(served[name], data, limits, app.state.decoders)
         job = _answer(served[name], batchers.get(name), data, _label(file.filename), (explain, image),
                       app.state.decoders)
         try:

@@ -17,7 +17,8 @@ def serve(
     runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run folders to serve (each under its folder name)"),
     host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
     port: int = typer.Option(8000),
-    runtime: str = typer.Option("auto", help="auto | torch | onnx | int8 (auto: int8 for ptq/qat runs)"),
+    runtime: str = typer.Option("auto", help="auto | torch | onnx | int8 (auto: int8 for ptq/qat runs, onnx "
+                                "for exported runs)"),
     token: str | None = typer.Option(None, envvar="MEDDX_SERVE_TOKEN",
                                      help="require 'Authorization: Bearer TOKEN' on /v1 and /metrics"),
     max_upload_mb: float = typer.Option(20.0, help="largest upload accepted (413 above)"),
@@ -26,6 +27,8 @@ def serve(
     batch: int = typer.Option(32, help="micro-batch size for classification (1: no micro-batching)"),
     batch_wait_ms: float = typer.Option(3.0, help="how long a micro-batch waits to fill"),
     device: str = typer.Option("cpu", help="device of the PyTorch runtime"),
+    pacs_url: str | None = typer.Option(None, envvar="MEDDX_PACS_URL", help="DICOMweb root of a PACS: the page "
+                                        "offers 'send to PACS' (de-identified SR / SEG / SC + images, STOW-RS)"),
     threads: int | None = typer.Option(None, help="PyTorch intra-op threads (default: PyTorch's; 1 suits a busy "
                                        "machine, where threads wait on each other)"),
 ) -> None:
@@ -47,7 +50,7 @@ def serve(
         torch.set_num_threads(threads)
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_queue=max_queue, timeout_s=timeout,
                     batching=batch > 1, max_batch=max(1, batch), max_wait_ms=batch_wait_ms)
-    application = create_app(runs, runtime=runtime, token=token, limits=limits, device=device)
+    application = create_app(runs, runtime=runtime, token=token, limits=limits, device=device, pacs_url=pacs_url)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: binding {host}: reachable from other machines"
                    + ("" if token else " without a token (--token)"), err=True)

@@ -45,6 +45,8 @@ _BODY = """
 <div class="row" id="opacity-row"><label>heat-map opacity
 <input id="opacity" type="range" min="0" max="100" value="70"></label></div>
 <div id="bars"></div><div id="notices"></div><p class="muted" id="runtime"></p>
+<div class="row" id="pacs-row" hidden><button id="pacs-send" type="button">send to PACS</button>
+<span class="muted" id="pacs-status"></span></div>
 </div></section>
 <section><h2>Model card</h2><div id="card">loading&hellip;</div></section>
 </main>
@@ -123,7 +125,20 @@ function show(res) {
   $('runtime').textContent = 'runtime ' + res.runtime + what;
 }
 function setOpacity() { $('overlay-img').style.opacity = $('opacity').value / 100; }
+let lastFile = null;
+async function sendToPacs() {
+  if (!lastFile) return;
+  const form = new FormData(); form.append('file', lastFile);
+  $('pacs-status').textContent = 'sending…';
+  const url = '/v1/models/' + encodeURIComponent($('model').value) + '/pacs';
+  try {
+    const r = await api(url, {method: 'POST', body: form});
+    $('pacs-status').textContent = 'stored (de-identified): ' +
+      Object.entries(r.stored).map(([k, v]) => v + ' ' + k).join(', ');
+  } catch (e) { $('pacs-status').textContent = e.message; }
+}
 async function send(file) {
+  lastFile = file; $('pacs-status').textContent = '';
   $('error').textContent = ''; $('result').hidden = true; document.body.dataset.state = 'busy';
   const form = new FormData(); form.append('file', file);
   const method = $('method').value;
@@ -138,7 +153,7 @@ async function load() {
   $('model').replaceChildren(...cards.map((c) => { const o = el('option', c.name); o.value = c.name; return o; }));
   showCard(); document.body.dataset.state = 'ready';
 }
-$('model').onchange = showCard; $('opacity').oninput = setOpacity;
+$('model').onchange = showCard; $('opacity').oninput = setOpacity; $('pacs-send').onclick = sendToPacs;
 $('token').onchange = () => { sessionStorage.setItem('meddx-token', $('token').value); load(); };
 const drop = $('drop');
 drop.onclick = () => $('file').click(); drop.onkeydown = (e) => { if (e.key === 'Enter') $('file').click(); };
@@ -153,13 +168,16 @@ load();
 """
 
 
-def page_html() -> str:
-    """The page, with the registered heat-map methods and accepted formats filled in."""
+def page_html(pacs: bool = False) -> str:
+    """The page, with the registered heat-map methods and accepted formats filled in; ``pacs``: offer "send to
+    PACS" (the app was given a DICOMweb URL)."""
     from meddx.explain.methods import METHODS
     from meddx.serve.uploads import ACCEPTED
 
     options = "".join(f'<option value="{escape(m.name)}">{escape(m.label)}</option>' for m in METHODS.values())
     body = _BODY.replace("{methods}", options).replace("{accepted}", escape(ACCEPTED))
+    if pacs:
+        body = body.replace('<div class="row" id="pacs-row" hidden>', '<div class="row" id="pacs-row">')
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>meddx</title>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
             f"<body>{body}<script>{_JS}</script></body></html>\n")

@@ -88,6 +88,8 @@ _TASKS = {
     "classification": "classification:ClassificationTask",
     "segmentation": "segmentation:SegmentationTask",
     "detection": "detection:DetectionTask",
+    "reconstruction": "reconstruction:ReconstructionTask",
+    "registration": "registration:RegistrationTask",
 }
 
 

@@ -117,20 +117,14 @@ class ClassificationTask:
     def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
                       ) -> list[dict[str, Any]]:
         """One dict per file: the probabilities, and the predicted label (labels above 0.5 for multi-label)."""
-        if not paths:
-            raise MeddxError("no image files given")
-        images = torch.stack([predictor.load_image(p) for p in paths])
-        probs = predictor.predict_tensor(images)
-        return [self.describe(str(p), row, predictor.classes) for p, row in zip(paths, probs)]
+        from meddx.tasks.classification_files import classify_files
+
+        return classify_files(predictor, paths, self.kind)
 
     def describe(self, name: str, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {"file": name, "probabilities": {c: float(v) for c, v in zip(classes, probs)}}
-        if self.kind == MULTI_LABEL:
-            out["labels"] = [c for c, v in zip(classes, probs) if v > 0.5]
-        else:
-            k = int(np.argmax(probs))
-            out["label"], out["probability"] = classes[k], float(probs[k])
-        return out
+        from meddx.tasks.classification_files import describe
+
+        return describe(name, probs, classes, self.kind)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.class_weights.to(output.device) if self.class_weights is not None else None

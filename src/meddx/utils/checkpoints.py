@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from meddx.errors import MeddxError
 from meddx.utils.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported inside the functions that need it: read_meta stays torch-free
+    import torch
+    import torch.nn as nn
 
 META_KEY = "meddx"
 # Metadata format: 1 (until Dec 2026) named the label structure "task_kind"; 2 calls it "kind", like
@@ -27,6 +28,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, extra_state: dict[str, Any] | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` weights (+ optimiser state, extra tensors) and ``meta`` to ``path`` atomically."""
+    import torch
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -64,6 +66,23 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if META_KEY not in header:
         raise MeddxError("safetensors file has no meddx metadata (not a meddx checkpoint)", path)
     return tensors, upgrade_meta(json.loads(header[META_KEY])), json.loads(header.get("state", "{}"))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Only the metadata of a checkpoint (the safetensors header; no tensors read, no torch imported)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeddxError("checkpoint not found", path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MeddxError(f"not a readable safetensors checkpoint ({exc})", path) from None
+    if META_KEY not in header:
+        raise MeddxError("safetensors file has no meddx metadata (not a meddx checkpoint)", path)
+    return upgrade_meta(json.loads(header[META_KEY]))
 
 
 def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,254 @@
+"""``meddx predict RUN --input DIR|GLOB|CSV --output results.parquet|csv``: a classifier over a whole archive.
+
+Streaming with bounded memory: a ``torch.utils.data.DataLoader`` decodes files in worker processes through
+the one reader (:func:`meddx.data.contract.read_input`: the same conversions as ``meddx predict FILE``) while
+the main process runs batched inference through the run's runtime (torch, onnx, int8). Each batch's rows are
+appended to the output as it completes (:mod:`meddx.engine.batch_output`); a rerun skips files already
+written, so an interrupted job continues where it stopped. A file that cannot be read becomes an error row.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddx.engine.batch_output import open_table
+from meddx.engine.distributed import cores
+from meddx.errors import MeddxError
+
+
+@dataclass
+class BatchSummary:
+    output: Path
+    total: int  # inputs found
+    skipped: int  # already in the output (a rerun)
+    done: int  # rows written by this call
+    errors: int  # of which error rows
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.done / max(self.seconds, 1e-9)
+        return (f"{self.done} files predicted ({self.errors} unreadable, {self.skipped} already done) in "
+                f"{self.seconds:.1f} s ({rate:.0f} files/s): {self.output}")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def find_inputs(spec: str | Path, volumes: bool = False) -> list[str]:
+    """The files of a folder (recursively), a glob pattern or a CSV (column ``path`` or ``file``, else the
+    first; relative paths from the CSV's folder), sorted. Models of 3D inputs take a DICOM series folder as
+    one input; 2D models take each DICOM file of a folder as one."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        return _walk(path, volumes)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _csv_paths(path)
+    if glob.has_magic(text):
+        found = sorted(glob.glob(text, recursive=True))
+        files = [f for f in found if Path(f).is_file() or (volumes and Path(f).is_dir())]
+        if not files:
+            raise MeddxError(f"pattern {text!r} matches no files")
+        return files
+    raise MeddxError("input must be a folder, a glob pattern (quote it) or a .csv list of files", text)
+
+
+def _walk(root: Path, volumes: bool) -> list[str]:
+    from meddx.data.folder import _is_image_file  # one definition of "an image file" (suffix or DICM marker)
+
+    out: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(folder)
+        if volumes:
+            from meddx.data.volumes import VOLUME_SUFFIXES, _dicom_files
+
+            if _dicom_files(here):  # a DICOM series: one input
+                out.append(str(here))
+                continue
+            out += [str(here / f) for f in sorted(files) if f.lower().endswith(VOLUME_SUFFIXES + (".npy",))]
+        else:
+            out += [str(here / f) for f in sorted(files)
+                    if f.lower().endswith((".npy", ".npz")) or _is_image_file(here / f)]
+    if not out:
+        raise MeddxError("no image files (PNG/JPEG/TIFF/BMP, DICOM, .npy) in the folder", root)
+    return out
+
+
+def _csv_paths(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MeddxError(f"not a readable CSV ({exc})", path) from None
+    if not rows:
+        raise MeddxError("empty CSV", path)
+    header = [h.strip().lower() for h in rows[0]]
+    col = next((header.index(n) for n in ("path", "file") if n in header), None)
+    body = rows[1:] if col is not None else rows
+    col = col or 0
+    return [str(p if (p := Path(r[col])).is_absolute() else path.parent / p) for r in body if len(r) > col and r[col]]
+
+
+# ---------------------------------------------------------------- decoding in worker processes
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Files -> (tensor or None, path, error message, notice texts), read by the one reader."""
+
+    def __init__(self, paths: list[str], meta: dict[str, Any]) -> None:
+        self.paths, self.meta = paths, meta
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str, str, list[str]]:
+        from meddx.data.contract import read_input
+        from meddx.data.pixels import first_line
+
+        path = self.paths[i]
+        try:
+            tensor, notices = read_input(path, self.meta)
+        except MeddxError as exc:  # the row names the file: keep only the problem
+            text = str(exc)
+            return None, path, text.split(": ", 1)[1] if exc.path and text.startswith(exc.path) else text, []
+        except Exception as exc:  # noqa: BLE001 - any decoder failure on one file is that file's error row
+            return None, path, first_line(exc), []
+        return tensor, path, "", [f"{n.kind}\t{n.text}" for n in notices]
+
+
+def collate(items: list[tuple]) -> tuple[torch.Tensor | None, list[str], list[str], list[str]]:
+    """Stack the readable images; keep every path (in order) with its error message ('' when read)."""
+    tensors = [t for t, *_ in items if t is not None]
+    notices = [n for *_, ns in items for n in ns]
+    return (torch.stack(tensors) if tensors else None, [p for _, p, _, _ in items], [e for _, _, e, _ in items],
+            notices)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers: the main process's threads run the model
+
+
+# ---------------------------------------------------------------- the job
+
+
+def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, runtime: str = "auto",
+                    device: str = "auto", batch_size: int = 256, workers: int | None = None,
+                    progress: bool = True) -> BatchSummary:
+    """Predict every input file not yet in ``output``; rows appended per batch. See the module docstring."""
+    import time
+
+    from meddx.runtimes import open_runtime
+    from meddx.tasks import task_from_meta
+
+    rt = open_runtime(runtime, run, device=device)
+    task = task_from_meta(rt.meta)
+    if not task.is_classifier:
+        raise MeddxError(f"--input/--output predicts classification runs; this is a {task.name} run (use "
+                         "meddx predict RUN FILE...)", run)
+    classes = list(rt.meta["classes"])
+    table = open_table(output, classes)
+    volumes = len(rt.meta.get("image_shape", [])) == 3
+    paths = find_inputs(inputs, volumes)
+    done = table.done()
+    pending = [p for p in paths if p not in done]
+    t0, written, errors = time.time(), 0, 0
+    n_workers = decoding_workers(workers)
+    loader = _loader(pending, rt.meta, batch_size, n_workers)
+    threads = torch.get_num_threads()
+    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured)
+    torch.set_num_threads(max(1, cores() - n_workers))
+    with _bar(len(pending), progress) as advance, _restore_threads(threads):
+        said: set[str] = set()
+        for images, names, errs, notices in loader:
+            _print_notices(notices, said)
+            rows = _rows(task, rt, images, names, errs, classes)
+            table.append(rows)
+            written += len(rows)
+            errors += sum(1 for e in errs if e)
+            advance(len(rows))
+    out = table.close()
+    return BatchSummary(out, len(paths), len(paths) - len(pending), written, errors, time.time() - t0)
+
+
+def decoding_workers(workers: int | None) -> int:
+    """``workers``, else a quarter of the cores (at least one): a core decodes ~6,000 small PNGs/s, a model
+    thread scores ~1,000 28-px images/s (benchmarks/scale.py), so the model gets the other cores."""
+    return max(1, cores() // 4) if workers is None else max(0, workers)
+
+
+@contextmanager
+def _restore_threads(threads: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loader(paths: list[str], meta: dict[str, Any], batch_size: int, n: int):
+    return torch.utils.data.DataLoader(FileDataset(paths, meta), batch_size=batch_size, num_workers=n,
+                                       collate_fn=collate, worker_init_fn=_one_thread if n else None,
+                                       prefetch_factor=2 if n else None, persistent_workers=False)
+
+
+def _rows(task: Any, rt: Any, images: torch.Tensor | None, names: list[str], errs: list[str],
+          classes: list[str]) -> list[dict[str, Any]]:
+    probs = iter(rt.predict(images) if images is not None else np.zeros((0, len(classes))))
+    rows = []
+    for name, err in zip(names, errs):
+        if err:
+            rows.append({"file": name, "status": "error", "error": err})
+            continue
+        described = task.describe(name, next(probs), classes)
+        label = described.get("label") or ";".join(described.get("labels", []))
+        rows.append({"file": name, "status": "ok", "label": label, "probability": described.get("probability"),
+                     "error": "", **{f"p_{c}": v for c, v in described["probabilities"].items()}})
+    return rows
+
+
+def _print_notices(notices: list[str], said: set[str]) -> None:
+    for n in notices:
+        kind, text = n.split("\t", 1)
+        if kind not in said:
+            said.add(kind)
+            print(f"notice: {text} (said once; other files may have the same)", file=sys.stderr)
+
+
+class _bar:
+    """A rich progress bar (files, rate, ETA) on stderr; silent when ``enabled`` is False."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self.progress.__enter__()
+        task = self.progress.add_task("files", total=self.total, rate="")
+
+        def advance(n: int) -> None:
+            speed = self.progress.tasks[0].speed
+            self.progress.update(task, advance=n, rate=f"{speed:.0f} files/s" if speed else "")
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)

@@ -1,0 +1,212 @@
+"""Pairwise deformable registration (2D and 3D): a network maps a (fixed, moving) pair to a displacement field.
+
+Loss (MONAI): image similarity of the warped moving image to the fixed one (``lncc``: local normalised
+cross-correlation; ``mi``: global mutual information, for pairs of different modalities; ``mse``) + diffusion
+regularisation of the field + Dice of the warped moving labels against the fixed labels (weak supervision,
+when the data has labels). Warping is MONAI's ``Warp`` (``warped(x) = moving(x + ddf(x))``, voxels).
+Metrics: Dice/HD95 per structure, TRE (mm), folding %, SD log det J, s/pair (:mod:`meddx.metrics.registration`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from meddx.data.augment import AugmentPolicy, Normalization
+from meddx.data.dataset import Split
+from meddx.errors import MeddxError
+from meddx.models.registration_nets import warp, warp_labels
+from meddx.tasks.base import EvalRequest
+
+SIMILARITIES = ("lncc", "mi", "mse")
+REG_WEIGHT, DICE_WEIGHT = 1.0, 1.0  # diffusion regulariser and label Dice weights beside the similarity
+
+
+class RegistrationTask:
+    """A registration network trained on (fixed, moving[, labels]) pairs."""
+
+    name = "registration"
+    monitor = "dice"
+    default_model = "regunet_svf"
+    is_classifier = False
+
+    def __init__(self, num_structures: int, image_shape: tuple[int, ...], spacing: tuple[float, ...] | None = None,
+                 similarity: str = "lncc") -> None:
+        if similarity not in SIMILARITIES:
+            raise MeddxError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+        self.num_structures = num_structures
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.spacing = tuple(float(s) for s in spacing) if spacing else None
+        self.similarity = similarity
+        self._losses: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any, data: Any) -> RegistrationTask:
+        if data.task != "registration":
+            raise MeddxError(f"--task registration needs image pairs; data {data.name!r} is a {data.task} set (use "
+                             "phantom, phantom3d, brain2d, brain3d, itk2d or a folder of NIfTI pairs)", data.source)
+        return cls(data.num_classes, data.image_size, spacing=data.extra.get("spacing"),
+                   similarity=data.extra.get("similarity", "lncc"))
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> RegistrationTask:
+        return cls(meta["num_outputs"], tuple(meta["image_shape"]), spacing=meta.get("spacing"))
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_structures  # the builders size the field by spatial_dims; this is the label count
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.image_shape)
+
+    @property
+    def default_batch_size(self) -> int:
+        return 8 if self.spatial_dims == 2 else 2
+
+    # ---------------------------------------------------------------- training
+
+    def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
+                   policy: AugmentPolicy | None,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (fixed, moving) pairs and their (fixed, moving) label maps. No augmentation: the pairs are
+        already random deformations, and a shared affine would not change what is to be learned."""
+        x = normalize(split.images[idx].to(device, non_blocking=True))
+        return x, split.labels[idx].to(device, non_blocking=True).long()
+
+    def _loss(self, key: str) -> Any:
+        if key not in self._losses:
+            from monai.losses import (
+                DiceLoss,
+                DiffusionLoss,
+                GlobalMutualInformationLoss,
+                LocalNormalizedCrossCorrelationLoss,
+            )
+
+            make = {"lncc": lambda: LocalNormalizedCrossCorrelationLoss(
+                        spatial_dims=self.spatial_dims, kernel_size=7 if self.spatial_dims == 2 else 5),
+                    "mi": lambda: GlobalMutualInformationLoss(num_bins=32),
+                    "mse": nn.MSELoss, "diffusion": DiffusionLoss,
+                    "dice": lambda: DiceLoss(include_background=False)}
+            self._losses[key] = make[key]()
+        return self._losses[key]
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ddf = model(x)
+        fixed, moving = x[:, :1], x[:, 1:2]
+        loss = self._loss(self.similarity)(warp(moving, ddf), fixed) + REG_WEIGHT * self._loss("diffusion")(ddf)
+        if self.num_structures > 1 and bool((y > 0).any()):
+            onehot = F.one_hot(y, self.num_structures).movedim(-1, 2).float()  # (N, 2, K, *S)
+            loss = loss + DICE_WEIGHT * self._loss("dice")(warp(onehot[:, 1], ddf), onehot[:, 0])
+        return loss
+
+    # ---------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def predict_fields(self, model: nn.Module, images: torch.Tensor, normalize: Normalization, *,
+                       device: torch.device | str = "cpu", batch_size: int = 8) -> torch.Tensor:
+        """Displacement fields (N, D, *S) for raw (fixed, moving) pairs (N, 2, *S), on the CPU."""
+        model.eval()
+        per = max(1, batch_size if self.spatial_dims == 2 else 1)
+        out = [model(normalize(images[i:i + per].to(device))).float().cpu() for i in range(0, len(images), per)]
+        return torch.cat(out) if out else torch.zeros((0, self.spatial_dims, *images.shape[2:]))
+
+    def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
+                 batch_size: int, amp: bool = False) -> dict[str, float]:
+        """Mean structure Dice of the warped moving labels (monitored) and the similarity loss."""
+        from meddx.metrics.segmentation import mean_dice
+
+        ddf = self.predict_fields(model, split.images, normalize, device=device, batch_size=batch_size)
+        x = normalize(split.images)
+        sim = float(self._loss(self.similarity)(warp(x[:, 1:2], ddf), x[:, :1]))
+        warped = warp_labels(split.labels[:, 1].long(), ddf)
+        dice = mean_dice(warped, split.labels[:, 0].long(), self.num_structures)
+        return {"loss": sim, "dice": dice}
+
+    def evaluate(self, model: nn.Module, request: EvalRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Dice/HD95 per structure, TRE, folding, SDlogJ and s/pair with bootstrap CIs, beside the identity.
+
+        Writes ``registration_<split>.npz`` (displacement fields and warped moving labels) to ``out_dir``.
+        """
+        split = request.split
+        tic = time.perf_counter()
+        ddf = self.predict_fields(model, split.images, request.normalize, device=request.device,
+                                  batch_size=request.batch_size)
+        per_pair = (time.perf_counter() - tic) / max(len(split), 1)
+        landmarks = request.split_extra.get("landmarks")
+        metrics = score_fields(split, [d.numpy() for d in ddf], request.class_names, self.spacing, landmarks,
+                               request.n_bootstrap, per_pair)
+        identity = score_fields(split, [None] * len(split), request.class_names, self.spacing, landmarks,
+                                request.n_bootstrap, None)
+        metrics["identity"] = {k: identity.get(k) for k in ("dice", "dice_ci", "hd95", "tre_mm", "tre_mm_ci")}
+        metrics["similarity"] = self.similarity
+        metrics["headline"] = headline(metrics)
+        if request.out_dir is not None:
+            self._write_outputs(Path(request.out_dir), split, ddf, request.split_name)
+        context = {"images": split.images, "labels": split.labels, "ddf": ddf, "ids": split.ids,
+                   "registration": metrics}
+        return metrics, context
+
+    def _write_outputs(self, out_dir: Path, split: Split, ddf: torch.Tensor, split_name: str) -> None:
+        from meddx.utils.io import atomic_path
+
+        warped = warp_labels(split.labels[:, 1].long(), ddf).byte().numpy()
+        with atomic_path(out_dir / f"registration_{split_name}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, ddf=ddf.numpy(), warped_labels=warped, fixed_labels=split.labels[:, 0].numpy())
+
+    def report_sections(self, context: dict[str, Any]) -> list[Any]:
+        from meddx.report.registration import registration_sections
+
+        return registration_sections(context)
+
+    def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
+                      ) -> list[dict[str, Any]]:
+        """Register ``paths`` = [fixed, moving] (as ``meddx register``): warped image and displacement field."""
+        from meddx.data.registration_files import read_pair, scale_unit, write_outputs
+
+        if len(paths) != 2:
+            raise MeddxError(f"registration takes two files (fixed, moving), got {len(paths)}")
+        fixed, moving, _ = read_pair(paths[0], paths[1])
+        self.check_dims(fixed.ndim, paths[0])
+        pair = torch.from_numpy(np.stack([scale_unit(fixed.array), scale_unit(moving.array)]))[None]
+        ddf = self.predict_fields(predictor.model, pair, predictor.norm, device=predictor.device)
+        warped = warp(torch.from_numpy(moving.array)[None, None].float(), ddf)[0, 0].numpy()
+        stem = Path(paths[1]).name.split(".")[0]
+        files = write_outputs(out_dir or Path(paths[1]).parent, stem, fixed, warped, ddf[0].numpy())
+        return [{"fixed": str(paths[0]), "moving": str(paths[1]), **files}]
+
+    def check_dims(self, ndim: int, where: Any) -> None:
+        if ndim != self.spatial_dims:
+            raise MeddxError(f"this model registers {self.spatial_dims}D images; got {ndim}D", where)
+
+
+def score_fields(split: Split, ddfs: list[np.ndarray | None], class_names: list[str],
+                 spacing: tuple[float, ...] | None, landmarks: list[tuple[np.ndarray, np.ndarray]] | None,
+                 n_bootstrap: int, seconds_per_pair: float | None) -> dict[str, Any]:
+    """Score fields (None: identity) on a split's labels and landmarks."""
+    from meddx.metrics.registration import pair_scores, summarize_registration
+
+    moving = split.labels[:, 1].long()
+    warped = torch.stack([warp_labels(moving[i:i + 1], torch.from_numpy(d)[None])[0] if d is not None else moving[i]
+                          for i, d in enumerate(ddfs)]) if len(ddfs) else moving
+    scores = pair_scores(warped.numpy(), split.labels[:, 0].numpy(), ddfs, len(class_names), landmarks,
+                         spacing=spacing)
+    return summarize_registration(scores, class_names, n_bootstrap, seconds_per_pair)
+
+
+def headline(m: dict[str, Any]) -> str:
+    """One line: Dice, HD95, TRE (vs identity), folding, SDlogJ, s/pair."""
+    ident = m.get("identity") or {}
+    parts = [f"Dice {m['dice']:.3f} (identity {ident.get('dice', float('nan')):.3f})", f"HD95 {m['hd95']:.2f}"]
+    if m.get("tre_mm") is not None:
+        parts.append(f"TRE {m['tre_mm']:.2f} mm (identity {ident.get('tre_mm', float('nan')):.2f})")
+    parts += [f"folding {m['folding_pct']:.3f}%", f"SDlogJ {m['sdlogj']:.3f}",
+              f"{m.get('seconds_per_pair', float('nan')):.3f} s/pair", f"n={m['n']}"]
+    return "  ".join(parts)

@@ -1,0 +1,129 @@
+"""Registration: Jacobian/folding on analytic fields, warping, TRE, phantom pairs, 1-epoch training in 2D and 3D."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from meddx.errors import MeddxError
+from meddx.metrics.registration import (
+    folding_percent,
+    jacobian_determinant,
+    pair_scores,
+    sd_log_jacobian,
+    target_registration_error,
+)
+
+
+def _grid(shape):
+    return np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+
+
+@pytest.mark.parametrize("shape", [(16, 20), (8, 10, 12)])
+def test_identity_and_translation_have_unit_jacobian(shape):
+    zero = np.zeros((len(shape),) + shape)
+    shift = zero + np.arange(1, len(shape) + 1).reshape((-1,) + (1,) * len(shape)) * 2.5
+    for field in (zero, shift):
+        det = jacobian_determinant(field)
+        np.testing.assert_allclose(det, 1.0, atol=1e-12)
+        assert folding_percent(det) == 0.0 and sd_log_jacobian(det) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_uniform_scaling_and_known_fold():
+    g = _grid((20, 20))
+    scaled = 0.2 * (g - 9.5)  # x -> 1.2 x: det J = 1.44 everywhere, no spread
+    np.testing.assert_allclose(jacobian_determinant(scaled), 1.44, atol=1e-12)
+    assert sd_log_jacobian(jacobian_determinant(scaled)) == pytest.approx(0.0, abs=1e-12)
+    fold = np.zeros((2, 20, 20))
+    fold[1, :, 10:] = -2.0 * (g[1, :, 10:] - 10)  # columns >= 10 mirrored: x -> -x there, det J = -1
+    det = jacobian_determinant(fold)
+    assert det[:, 11:].max() == pytest.approx(-1.0) and det[:, :9].min() == pytest.approx(1.0)
+    assert folding_percent(det) == pytest.approx(100 * (det <= 0).mean()) and 40 < folding_percent(det) < 60
+    assert sd_log_jacobian(det) > 1.0
+
+
+def test_jacobian_rejects_bad_shapes():
+    with pytest.raises(MeddxError, match="displacement field"):
+        jacobian_determinant(np.zeros((3, 8, 8)))
+
+
+def test_warp_by_integer_shift_equals_shifted_map():
+    from meddx.models.registration_nets import warp_labels
+
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 4, (1, 12, 14)))
+    ddf = torch.zeros(1, 2, 12, 14)
+    ddf[:, 0], ddf[:, 1] = 2, -3  # warped(y, x) = labels(y + 2, x - 3)
+    out = warp_labels(labels, ddf)[0]
+    assert torch.equal(out[:10, 3:], labels[0, 2:, :11])
+
+
+def test_tre_on_hand_made_landmarks():
+    p = np.array([[2.0, 3.0], [5.0, 5.0]])
+    q = p + np.array([1.0, 2.0])
+    spacing = (2.0, 0.5)
+    before = target_registration_error(p, q, None, spacing)
+    np.testing.assert_allclose(before, np.hypot(2.0, 1.0))
+    field = np.zeros((2, 8, 8))
+    field[0], field[1] = 1.0, 2.0  # the exact answer
+    np.testing.assert_allclose(target_registration_error(p, q, field, spacing), 0.0, atol=1e-12)
+    field[1] = 1.0  # off by one column: 0.5 mm
+    np.testing.assert_allclose(target_registration_error(p, q, field, spacing), 0.5)
+    with pytest.raises(MeddxError, match="landmarks"):
+        target_registration_error(p, q[:1], field)
+
+
+def test_pair_scores_perfect_and_identity():
+    labels = np.zeros((2, 10, 10), np.int64)
+    labels[:, 2:6, 2:6] = 1
+    moved = np.roll(labels, 2, axis=1)
+    perfect = pair_scores(labels, labels, [None, None], 2)
+    assert np.allclose(perfect["dice"], 1.0)
+    worse = pair_scores(moved, labels, [None, None], 2)
+    assert np.allclose(worse["dice"], 0.5)
+
+
+def test_phantom_pairs_carry_the_known_field():
+    from meddx.data.registration import load_phantom_pairs
+
+    data = load_phantom_pairs((32, 32), seed=1, splits={"train": 3, "val": 2, "test": 2})
+    assert data.task == "registration" and data.in_channels == 2 and data.test.labels.shape == (2, 2, 32, 32)
+    assert data.class_names == ["background", "body", "lungs", "vessels", "nodules"]
+    p, q = data.extra["test"]["landmarks"][0]
+    assert p.shape == q.shape == (12, 2)
+    before = target_registration_error(p, q, None, data.extra["spacing"])
+    assert before.mean() > 1.0  # the pair is deformed
+    assert float(data.test.images.min()) >= 0 and float(data.test.images.max()) <= 1
+    # the fixed labels are the moving labels pulled through the known field: identity overlaps only partly
+    scores = pair_scores(data.test.labels[:, 1].numpy(), data.test.labels[:, 0].numpy(), [None, None], 5)
+    assert 0.3 < np.nanmean(scores["dice"]) < 0.99
+
+
+def _train_one_epoch(tmp_path, shape, model="regunet_svf"):
+    from meddx.data.registration import load_phantom_pairs
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.evaluate import evaluate_run
+    from meddx.engine.fit import fit
+
+    data = load_phantom_pairs(shape, seed=0, splits={"train": 4, "val": 2, "test": 2})
+    cfg = TrainConfig(data="phantom" if len(shape) == 2 else "phantom3d", task="registration", model=model,
+                      epochs=1, batch_size=2, out=str(tmp_path), name="reg", progress=False)
+    run = fit(cfg, data=data)
+    metrics = evaluate_run(run.path, data=data, n_bootstrap=20)
+    return run, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
+def test_one_epoch_end_to_end(tmp_path, shape):
+    run, m = _train_one_epoch(tmp_path, shape)
+    assert json.loads((run.path / "metrics.json").read_text())["task"] == "registration"
+    for key in ("dice", "hd95", "tre_mm", "folding_pct", "sdlogj", "seconds_per_pair"):
+        assert np.isfinite(m[key]), key
+    assert m["identity"]["dice"] is not None and len(m["per_structure"]) == 4
+    assert "Registration results" in (run.path / "report.html").read_text()
+    npz = np.load(run.path / "registration_test.npz", allow_pickle=False)
+    assert npz["ddf"].shape == (2, len(shape), *shape)
