@@ -86,6 +86,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kin
         # applies the same mapping (meddx.data.intensity)
         "intensity_mapping": data.extra.get("intensity_mapping"),
         "positive_class": positive_class(cfg, data),  # binary: the finding's class id
+        "label_smoothing": cfg.label_smoothing,  # the loss a reloaded model reports is the one validation logged
         "degrade": cfg.degrade,  # reconstruction: the simulated degradation
     }
 

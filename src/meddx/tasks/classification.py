@@ -49,7 +49,7 @@ class ClassificationTask:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ClassificationTask:
-        return cls(meta["kind"], meta["num_outputs"])
+        return cls(meta["kind"], meta["num_outputs"], label_smoothing=meta.get("label_smoothing") or 0.0)
 
     @property
     def num_outputs(self) -> int:
