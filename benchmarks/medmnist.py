@@ -1,6 +1,6 @@
 """Default recipe on every 2D MedMNIST file in ../shared/datasets: test ACC/AUC beside the MedMNIST v2 paper.
 
-    python benchmarks/medmnist.py [--max-minutes 10] [--only breastmnist] [--models resnet18_slim lenet5 ...]
+    python benchmarks/medmnist.py [--max-minutes N] [--only breastmnist] [--volumes] [--models resnet18_slim ...]
 
 The recipe is `meddx train`'s default (no per-data-set settings); the paper's ResNet-18 (28) and
 best-of-table figures are printed for the sets where the issue quotes them. With several --models every
@@ -12,6 +12,7 @@ beside the first one (issue #19: ACC gap in points, AUC gap, training-time ratio
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,16 @@ from _common import SHARED, print_json, print_table  # noqa: E402
 PAPER = {
     "pneumoniamnist": {"resnet18_28": (0.944, 0.854), "best": (0.991, 0.946)},
     "breastmnist": {"resnet18_28": (0.901, 0.863), "best": (0.919, 0.863)},
+    # 3D rows: ResNet-18+3D (28) and best of table (issue #3)
+    "adrenalmnist3d": {"resnet18_28": (0.827, 0.721), "best": (0.839, 0.802)},
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--max-minutes", type=float, default=10.0)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="default: the recipe's (none in 2D, 15 min for volumes)")
+    ap.add_argument("--volumes", action="store_true", help="also the 3D MedMNIST files (28^3)")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--out", default="/tmp/meddx-bench-runs")
     ap.add_argument("--seed", type=int, default=0)
@@ -43,7 +48,7 @@ def main() -> None:
     from meddx.engine.fit import fit
 
     files = sorted(p for p in SHARED.glob("*/*.npz") if (n := guess_name(p)) and
-                   medmnist_info()[n]["spatial_dims"] == 2 and p.stem == n)
+                   medmnist_info()[n]["spatial_dims"] in ((2, 3) if args.volumes else (2,)) and p.stem == n)
     if args.only:
         files = [p for p in files if p.stem in args.only]
     if not files and not args.phantom:
@@ -61,6 +66,7 @@ def main() -> None:
         run = fit(cfg, data=data)
         train_s = time.time() - t
         m = evaluate_run(run.path, data=data, n_bootstrap=1000, report=True)
+        sel = json.loads((run.path / "selection.json").read_text())
         paper = PAPER.get(data.name, {})
         r18, best = paper.get("resnet18_28", (None, None)), paper.get("best", (None, None))
         rows.append({
@@ -69,11 +75,12 @@ def main() -> None:
             "acc_ci": [round(v, 3) for v in m["acc_ci"]], "auc_ci": [round(v, 3) for v in m["auc_ci"]],
             "paper_r18_acc": r18[1], "paper_r18_auc": r18[0], "paper_best_acc": best[1], "paper_best_auc": best[0],
             "beats_r18": (m["acc"] >= r18[1] and m["auc"] >= r18[0]) if r18[0] else None,
-            "seconds": round(train_s, 1),
+            "seconds": round(train_s, 1), "shipped": sel["shipped"], "peak_val_auc": round(sel["peak_score"], 4),
+            "shipped_val_auc": round(sel["shipped_score"], 4), "gap": round(sel["gap"], 4),
         })
         print_json(rows[-1])
     print_table(rows, ["dataset", "n_train", "model", "epochs", "acc", "auc", "acc_ci", "auc_ci", "paper_r18_acc",
-                       "paper_r18_auc", "paper_best_acc", "paper_best_auc", "beats_r18", "seconds"],
+                       "paper_r18_auc", "paper_best_acc", "paper_best_auc", "beats_r18", "seconds", "shipped", "gap"],
                 "meddx default recipe vs MedMNIST v2 paper (test split)")
     if len(models) > 1:
         gaps = versus_first(rows, models[0])

@@ -107,7 +107,7 @@ def test_auto_epochs_and_config_validation():
 
 
 def test_model_checkpoint_follows_select(tmp_path, fake_npz):
-    last = fit(_cfg(tmp_path, fake_npz, name="l", epochs=2, ema_decay=0.9))
+    last = fit(_cfg(tmp_path, fake_npz, name="l", epochs=2, ema_decay=0.9, select="last"))
     best = fit(_cfg(tmp_path, fake_npz, name="b", epochs=2, select="best"))
     assert last.model_checkpoint().name == "last.safetensors"
     assert best.model_checkpoint().name == "best.safetensors"
@@ -119,7 +119,7 @@ def test_model_checkpoint_follows_select(tmp_path, fake_npz):
 
 def test_time_budget_shortens_schedule_and_finishes_decay(tmp_path, fake_npz, monkeypatch):
     clock = {"t": 0.0}
-    monkeypatch.setattr(fit_module.time, "time", lambda: clock["t"])
+    monkeypatch.setattr(fit_module.recipe.time, "time", lambda: clock["t"])
     real = loop_module.train_one_epoch
 
     def slow_epoch(*a, **k):
@@ -134,6 +134,8 @@ def test_time_budget_shortens_schedule_and_finishes_decay(tmp_path, fake_npz, mo
 
 
 def test_epochs_within_budget():
-    assert fit_module._epochs_within_budget(600, 120, 2, 0, 100) == 10
-    assert fit_module._epochs_within_budget(600, 10, 2, 0, 100) == 100
-    assert fit_module._epochs_within_budget(60, 120, 2, 3, 100) == 5
+    from meddx.engine.recipe import epochs_within
+
+    assert epochs_within(600, 60, 100, 3) == 10
+    assert epochs_within(600, 5, 100, 3) == 100
+    assert epochs_within(60, 60, 100, 3) == 3  # over budget: the epoch after the last one run still anneals

@@ -47,7 +47,7 @@ def imbalanced_npz(tmp_path_factory):
 
 def _cfg(tmp_path, data, **kw):
     base = dict(data=str(data), model="seednet", epochs=1, batch_size=16, out=str(tmp_path / "runs"),
-                progress=False, augment="none")
+                progress=False, augment="none", label_smoothing=0.0, select="last")
     return TrainConfig(**(base | kw))
 
 

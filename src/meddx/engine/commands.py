@@ -48,7 +48,11 @@ def train(
     augment: str | None = typer.Option(None, help="auto (by modality) | none | policy name"),
     pretrained: str | None = typer.Option(None, help="weights file or run to start from (head replaced)"),
     patience: int | None = typer.Option(None, help="early stopping: epochs without validation gain (default off)"),
-    select: str | None = typer.Option(None, help="model to test and ship: last (default) | best (val metric)"),
+    select: str | None = typer.Option(None, help="model to test and ship: best (default: peak validation epoch, "
+                                      "or the tail average within 0.02 of it) | last (end of the schedule)"),
+    average: str | None = typer.Option(None, help="tail (default: average the last quarter, BatchNorm "
+                                       "re-estimated) | none"),
+    ordinal_loss: str | None = typer.Option(None, help="ordinal labels: ce (default) | emd (+ squared EMD)"),
     ema_decay: float | None = typer.Option(None, help="EMA of the weights with this decay (default 0: off)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
@@ -78,6 +82,7 @@ def train(
                         data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,
+                        average=average, ordinal_loss=ordinal_loss,
                         ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
     console = _console(stderr=True)

@@ -29,21 +29,26 @@ class TrainConfig:
     model: str = "resnet18_slim"
     pretrained: str | None = None
     # optimisation (the default recipe; see docs in README "Default recipe")
-    epochs: int | None = None  # None: chosen from the training-set size (auto_epochs)
-    batch_size: int | None = None  # None: 128 for classification, the task's default otherwise (small for volumes)
+    epochs: int | None = None  # None: from the training-set size and a time budget (meddx.engine.recipe)
+    batch_size: int | None = None  # None: classification 128, halved to >= 32 for small 2D sets (recipe); the
+    # task's default otherwise (small for volumes)
     patch: int | None = None  # segmentation: training patch / sliding-window side; None: min(side, 96 2D / 32 3D)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float | None = None  # None: 2e-3 for AdamW, 0.05 for SGD
     weight_decay: float = 0.05
     schedule: str = "cosine"  # cosine | multistep
     warmup_epochs: int = 1
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: 0.1 for single-label kinds, 0 for multi-label (recipe)
+    ordinal_loss: str = "ce"  # ordinal-regression kinds: ce | emd (cross-entropy + squared EMD over grades)
     class_weights: bool = False
     augment: str = "auto"  # auto (by modality) | none | a policy name from meddx.data.augment.POLICIES
     ema_decay: float = 0.0  # >0: validate/test an exponential moving average of the weights
     patience: int | None = None  # early stopping after this many epochs without val gain; None: off
-    select: str = "last"  # model used by evaluate/predict: "last" (end of the schedule) or "best" (best val metric)
-    max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
+    select: str = "best"  # model used by evaluate/predict: "best" (the selection rule's pick: peak validation
+    # epoch, or the tail average within 0.02 of it; meddx.engine.selection) or "last" (end of the schedule)
+    average: str = "tail"  # tail: average the last quarter's epoch-end weights (BN re-estimated) | none
+    max_minutes: float | None = None  # wall-clock budget the schedule is fitted to; None: 15 min for volumes when
+    # epochs is automatic, otherwise no limit
     # run
     seed: int = 0
     device: str = "auto"
@@ -88,6 +93,10 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),
             (self.select in ("last", "best"), f"select must be last or best, got {self.select!r}"),
+            (self.average in ("tail", "none"), f"average must be tail or none, got {self.average!r}"),
+            (self.ordinal_loss in ("ce", "emd"), f"ordinal loss must be ce or emd, got {self.ordinal_loss!r}"),
+            (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
+             f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
         ]
         for ok, msg in checks:
@@ -96,7 +105,8 @@ class TrainConfig:
 
 
 def auto_epochs(n_train: int, budget_samples: int = 300_000, lo: int = 15, hi: int = 100) -> int:
-    """Epochs for a fixed budget of sample visits: small sets get more epochs, large sets fewer."""
+    """The pre-#18 epoch rule (300k sample visits, 15-100 epochs), kept for comparisons: the automatic schedule is
+    :func:`meddx.engine.recipe.auto_epochs`."""
     return int(min(hi, max(lo, round(budget_samples / max(n_train, 1)))))
 
 

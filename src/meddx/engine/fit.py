@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,14 @@ import torch
 
 from meddx.data import DataBundle, load_data
 from meddx.data.augment import POLICIES, Normalization
-from meddx.engine import distributed
+from meddx.engine import distributed, recipe
+from meddx.engine.averaging import TailAverage, make_ema, recalibrate_bn
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
-from meddx.engine.config import TrainConfig, augment_policy, auto_epochs, batch_size_for
+from meddx.engine.config import TrainConfig, augment_policy
 from meddx.engine.loop import EpochSettings, run_epoch
 from meddx.engine.progress import EpochProgress
 from meddx.engine.run import RunDir
+from meddx.engine.selection import finish
 from meddx.errors import Interrupted, MeddxError
 from meddx.models import DEFAULT_MODEL, create_model, get_model_spec, load_pretrained
 from meddx.tasks import task_for_training
@@ -85,6 +86,7 @@ def checkpoint_meta(cfg: TrainConfig, data: DataBundle, norm: Normalization, kin
         # applies the same mapping (meddx.data.intensity)
         "intensity_mapping": data.extra.get("intensity_mapping"),
         "positive_class": positive_class(cfg, data),  # binary: the finding's class id
+        "label_smoothing": cfg.label_smoothing,  # the loss a reloaded model reports is the one validation logged
         "degrade": cfg.degrade,  # reconstruction: the simulated degradation
     }
 
@@ -102,6 +104,7 @@ class Training:
     device: torch.device
     steps: int  # optimiser steps per epoch
     epochs: int  # planned epochs (a time budget may lower it)
+    average: TailAverage | None = None  # the tail average (meddx.engine.averaging), shipped when it validates
 
 
 @dataclass
@@ -134,10 +137,11 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: DataBundle | N
     device = distributed.setup(pick_device(cfg.device))  # joins the process group when torchrun started us
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, data_dir=cfg.data_dir, size=cfg.size, seed=cfg.seed, task=cfg.task)
+    recipe.resolve_losses(cfg, data)  # label smoothing; stored resolved in config.json
     task = task_for_training(cfg, data)
     if cfg.model == DEFAULT_MODEL and task.default_model:  # e.g. detection: a detector
         cfg.model = task.default_model
-    cfg.batch_size = batch_size_for(cfg, task)  # stored resolved in config.json, so a resume uses the same number
+    cfg.batch_size = recipe.resolve_batch_size(cfg, data, task)  # stored resolved, so a resume uses the same
     restart = run is None or not run.last.is_file()  # a run interrupted before its first checkpoint starts over
     training = build_training(cfg, data, task, device, pretrained=restart)
     if restart:
@@ -160,19 +164,19 @@ def build_training(cfg: TrainConfig, data: DataBundle, task: Any, device: torch.
     policy = augment_policy(cfg, data.modality)
     if cfg.augment not in ("auto", "none") and policy is None:
         raise MeddxError(f"unknown augmentation policy {cfg.augment!r}; available: auto, {', '.join(POLICIES)}")
-    epochs = cfg.epochs or auto_epochs(len(data.train))
+    if cfg.augment == "auto" and policy is not None:
+        policy = policy.scaled(recipe.augment_strength(len(data.train)))
+    epochs = cfg.epochs or recipe.auto_epochs(len(data.train), data.spatial_dims)
     model = create_model(cfg.model, data.in_channels, task.num_outputs, data.image_size[0], data.spatial_dims)
     if cfg.pretrained and pretrained:
         load_pretrained(model, cfg.pretrained, get_model_spec(cfg.model).head)
     model.to(device)
     steps = max(1, len(data.train) // cfg.batch_size)
     optimizer, scheduler = build_optimizer(cfg, model, steps, epochs)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    average = TailAverage(model, recipe.tail_start(epochs)) if cfg.average == "tail" else None
     return Training(model, optimizer, scheduler, ema, Normalization.fit(data.train.images), policy, device,
-                    steps, epochs)
+                    steps, epochs, average)
 
 
 def start_run(run: RunDir | None, cfg: TrainConfig, data: DataBundle, training: Training) -> RunDir:
@@ -202,6 +206,9 @@ def restore_training(run: RunDir, training: Training, monitor: str) -> Progress:
     if training.ema is not None:
         training.ema.module.load_state_dict(model_state(tensors))
         training.ema.n_averaged.fill_(int(extra.get("ema_n", 0)))
+    if training.average is not None:
+        training.average.start = recipe.tail_start(training.epochs)
+        training.average.load_state_tensors(tensors)
     start = meta["epoch"] + 1
     if start >= training.epochs:
         raise MeddxError(f"run already finished all {training.epochs} epochs; nothing to resume", run.path)
@@ -218,18 +225,21 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
     """The loop: one epoch, its checkpoints and history row, early stopping and the time budget."""
     writer = _tensorboard(run.path) if cfg.tensorboard and distributed.is_main() else None
     patience = cfg.patience or math.inf
-    t0, start = time.time(), progress.start_epoch
+    start = progress.start_epoch
     with EpochProgress(training.epochs, training.steps, enabled=cfg.progress, console=console) as bar:
+        planner = time_budget(cfg, data, training, bar, progress.start_epoch)
         settings = EpochSettings(training.norm, cfg.batch_size, cfg.eval_batch_size, training.device,
-                                 training.policy, cfg.amp, bar.step, training.ema)
+                                 training.policy, cfg.amp, _both(bar.step, planner and planner.on_step), training.ema)
         epoch = start
         while epoch < training.epochs:
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: identical after a resume
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             bar.start_epoch(epoch)
             row = {"epoch": epoch, **run_epoch(training.model, task, (data.train, data.val), training.optimizer,
-                                               training.scheduler, settings, gen)}
+                                               training.scheduler, settings, gen, _ema_bn(training, data, epoch))}
             row["train_loss"] = distributed.mean_over_ranks(row["train_loss"])
+            if training.average is not None:
+                training.average.update(training.model, epoch)
             score = row[f"val_{task.monitor}"]
             improved = progress.record(row, score)
             distributed.on_main(save_epoch, run, cfg, data, training, progress, improved, score)
@@ -238,12 +248,66 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
             if progress.stale >= patience:
                 bar.note(f"early stop: no {task.monitor} gain on validation for {patience} epochs")
                 break
-            if cfg.max_minutes:
-                elapsed = distributed.broadcast_json(time.time() - t0)  # rank 0's clock: every rank agrees
-                apply_time_budget(cfg.max_minutes * 60, elapsed, epoch + 1 - start, training, bar, start)
+            if planner is not None:
+                planner.after_epoch(epoch + 1 - start, start)
             epoch += 1
+        ship(run, cfg, data, task, training, progress, bar)
     if writer is not None:
         writer.close()
+
+
+def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any,
+                start: int = 0) -> recipe.BudgetPlanner | None:
+    """The planner that fits the schedule to ``--max-minutes`` (or, for the automatic schedule, the default
+    budget: :func:`meddx.engine.recipe.budget_seconds`); None when neither applies."""
+    budget = recipe.budget_seconds(cfg.max_minutes, data.spatial_dims)
+    if budget is None or (not cfg.max_minutes and cfg.epochs):
+        return None
+    planner = recipe.BudgetPlanner(budget, training.steps,
+                                   training.epochs, lambda n: shorten_schedule(training, n, bar),
+                                   len(data.val) / max(1, len(data.train)),
+                                   recipe.EPOCH_FLOOR.get(data.spatial_dims, 1) if not cfg.max_minutes else 1, start,
+                                   agree=distributed.broadcast_json)  # DDP: rank 0's plan on every rank
+    planner.start()
+    return planner
+
+
+def shorten_schedule(training: Training, epochs: int, bar: Any) -> None:
+    """Lower the planned epochs; the warm-up and learning-rate decay are fitted to the new length."""
+    lam = training.scheduler.lr_lambdas[0]
+    training.epochs, lam.total = epochs, training.steps * epochs
+    lam.warm = min(lam.warm, max(1, lam.total // 10))
+    if training.average is not None:
+        training.average.start = recipe.tail_start(epochs)
+    bar.set_epochs(epochs)
+    bar.note(f"time budget: schedule fitted to {epochs} epochs")
+
+
+def ship(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: Training, progress: Progress,
+         bar: Any) -> None:
+    """The selection rule (:mod:`meddx.engine.selection`): the tail average goes to ``best`` when it validates
+    within 0.02 of the peak epoch; ``selection.json`` records why."""
+    def save_best(model: torch.nn.Module, score: float) -> None:
+        meta = checkpoint_meta(cfg, data, training.norm, data.task, progress.history[-1]["epoch"], score)
+        distributed.on_main(save_checkpoint, run.best, model, meta | {"averaged_epochs": training.average.count})
+
+    chosen = finish(progress.history, task, data, training, save_best, cfg.eval_batch_size)
+    distributed.on_main(run.write_json, run.path / "selection.json", chosen.to_dict())
+    bar.note(f"shipped ({cfg.select} -> best.safetensors): {chosen.shipped}, validation {task.monitor} "
+             f"{chosen.shipped_score:.4f} (peak {chosen.peak_score:.4f})")
+
+
+def _both(*callbacks: Any) -> Any:
+    live = [c for c in callbacks if c]
+    return lambda *a: [c(*a) for c in live]
+
+
+def _ema_bn(training: Training, data: DataBundle, epoch: int) -> Any:
+    """After an epoch: the EMA's BatchNorm statistics re-estimated on training images (it averages weights only)."""
+    if training.ema is None:
+        return None
+    return lambda: recalibrate_bn(training.ema.module, data.train.images, training.norm, n=2048,
+                                  device=training.device, policy=training.policy, seed=epoch)
 
 
 def save_epoch(run: RunDir, cfg: TrainConfig, data: DataBundle, training: Training, progress: Progress,
@@ -256,21 +320,11 @@ def save_epoch(run: RunDir, cfg: TrainConfig, data: DataBundle, training: Traini
         save_checkpoint(run.best, eval_model, meta)
     # last.safetensors: "model.*" is the evaluation model (the EMA when used), "live.*" the raw weights
     live = {f"live.{k}": v for k, v in training.model.state_dict().items()} if training.ema is not None else {}
+    live |= training.average.state_tensors() if training.average is not None else {}
     ema_n = int(training.ema.n_averaged) if training.ema is not None else 0
     save_checkpoint(run.last, eval_model, meta, training.optimizer,
                     {"scheduler": training.scheduler.state_dict(), "best": progress.best, "ema_n": ema_n}, live)
     run.write_history(progress.history)
-
-
-def apply_time_budget(budget_s: float, elapsed_s: float, done: int, training: Training, bar: Any,
-                      start: int) -> None:
-    """Shorten the schedule to the epochs that fit in the budget; the learning-rate decay still completes."""
-    fits = _epochs_within_budget(budget_s, elapsed_s, done, start, training.epochs)
-    if fits < training.epochs:
-        training.epochs = fits
-        training.scheduler.lr_lambdas[0].total = training.steps * fits
-        bar.set_epochs(fits)
-        bar.note(f"time budget of {budget_s / 60:g} min: schedule shortened to {fits} epochs")
 
 
 def interrupt_message(run: RunDir) -> str:
@@ -288,12 +342,6 @@ def _log_scalars(writer: Any, row: dict[str, Any]) -> None:
         for k, v in row.items():
             if k != "epoch" and isinstance(v, float):
                 writer.add_scalar(k, v, row["epoch"])
-
-
-def _epochs_within_budget(budget_s: float, elapsed_s: float, done: int, start: int, planned: int) -> int:
-    """How many epochs in total fit in ``budget_s``, from the mean time of the ``done`` epochs so far."""
-    per_epoch = elapsed_s / max(done, 1)
-    return max(start + done, min(planned, int(budget_s / per_epoch) + start))
 
 
 def _tensorboard(path: Path):
