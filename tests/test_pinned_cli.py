@@ -69,7 +69,7 @@ def test_interrupt_then_resume_finishes_the_run(tmp_path, monkeypatch, fake_npz)
 
     monkeypatch.setattr(loop_module, "train_one_epoch", ctrl_c_in_second_epoch)
     r = invoke("train", "--data", fake_npz, "--model", "seednet", "--epochs", "3", "--batch-size", "16",
-               "--augment", "none", "--out", tmp_path, "--name", "r")
+               "--augment", "none", "--select", "last", "--out", tmp_path, "--name", "r")
     assert r.exit_code == 130, r.output
     run = tmp_path / "r"
     assert f"epoch 1 is saved in {run / 'last.safetensors'}" in r.output and f"--resume {run}" in r.output

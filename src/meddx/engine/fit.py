@@ -173,8 +173,14 @@ def build_training(cfg: TrainConfig, data: DataBundle, task: Any, device: torch.
     model.to(device)
     steps = max(1, len(data.train) // cfg.batch_size)
     optimizer, scheduler = build_optimizer(cfg, model, steps, epochs)
+    if cfg.ema_decay > 0 and not task.is_classifier:  # same reason as the tail average below
+        raise MeddxError(f"--ema-decay is for classification runs (its BatchNorm is re-estimated on the training "
+                         f"images); this is a {task.name} run")
     ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    average = TailAverage(model, recipe.tail_start(epochs)) if cfg.average == "tail" else None
+    # the tail average's BatchNorm is re-estimated on the training images themselves: only a classifier takes
+    # them as its input (segmentation crops patches, registration/reconstruction build inputs in make_batch)
+    tail = cfg.average == "tail" and task.is_classifier
+    average = TailAverage(model, recipe.tail_start(epochs)) if tail else None
     return Training(model, optimizer, scheduler, ema, Normalization.fit(data.train.images), policy, device,
                     steps, epochs, average)
 
