@@ -5,8 +5,9 @@
   MONAI's ``ChannelSELayer`` (squeeze-excitation, Hu et al. 2018; 2D and 3D) or timm's ``CbamModule``
   (channel + spatial attention, Woo et al. 2018; timm's layers are 2D only).
 * ``ag_resnet18_slim``: an attention-gated classifier (Schlemper et al. 2019, the gates of Attention U-Net):
-  MONAI ``AttentionBlock`` gates weigh layer2 and layer3 features by a gating signal from layer4; the
-  gated features are pooled beside layer4's (2D and 3D).
+  MONAI ``AttentionBlock`` gates weigh layer2 and layer3 features by a gating signal from layer4; the head
+  sees only the attention-weighted averages of the gated features, sum(gate * f) / sum(gate), as in the
+  paper's classifier (layer4 is the gating signal only, so the gates must find the evidence; 2D and 3D).
 * ``vit_slim``: a small timm ``VisionTransformer`` with 4 px patches below 64 px (7x7 tokens at 28 px).
 * ``attention_unet``: MONAI ``AttentionUnet`` for segmentation (2D and 3D).
 
@@ -88,7 +89,7 @@ def _attention_gated_class() -> type:
             dims, (_, c2, c3, c4) = kwargs["spatial_dims"], SLIM_WIDTHS
             self.gate2 = AttentionBlock(dims, f_int=c2, f_g=c4, f_l=c2)
             self.gate3 = AttentionBlock(dims, f_int=c3, f_g=c4, f_l=c3)
-            self.fc = nn.Linear(c2 + c3 + c4, kwargs["num_classes"])
+            self.fc = nn.Linear(c2 + c3, kwargs["num_classes"])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.act(self.bn1(self.conv1(x)))
@@ -97,14 +98,17 @@ def _attention_gated_class() -> type:
             f2 = self.layer2(self.layer1(x))
             f3 = self.layer3(f2)
             g = self.layer4(f3)
-            pooled = [self._gated_mean(gate, g, f) for gate, f in ((self.gate2, f2), (self.gate3, f3))]
-            return self.fc(torch.cat([*pooled, self.avgpool(g).flatten(1)], 1))
+            pooled = [self._attention_pool(gate, g, f) for gate, f in ((self.gate2, f2), (self.gate3, f3))]
+            return self.fc(torch.cat(pooled, 1))
 
         @staticmethod
-        def _gated_mean(gate: nn.Module, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        def _attention_pool(gate: nn.Module, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            """sum(psi * f) / sum(psi) over space; psi computed as MONAI's AttentionBlock.forward does, by hand
+            because its forward returns only the product f * psi and the pooling needs psi itself."""
             mode = "bilinear" if f.ndim == 4 else "trilinear"
             g_up = F.interpolate(g, size=f.shape[2:], mode=mode, align_corners=False)  # as Attention U-Net's upsampling
-            return gate(g_up, f).flatten(2).mean(-1)
+            psi = gate.psi(gate.relu(gate.W_g(g_up) + gate.W_x(f))).flatten(2)
+            return (f.flatten(2) * psi).sum(-1) / psi.sum(-1).clamp_min(1e-6)
 
     return AttentionGatedResNet
 
