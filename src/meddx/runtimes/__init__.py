@@ -34,36 +34,31 @@ def check_runtime(name: str) -> str:
     return name
 
 
-def default_runtime(source: str | Path, meta: dict[str, Any] | None) -> str:
-    """``int8`` for an int8-compressed run (ptq/qat) that ships ``model_int8.onnx``; ``onnx`` for a run whose
-    ``model.onnx`` was exported from the very checkpoint it would otherwise use (``export.json`` records that
-    file's sha256) when ONNX Runtime is installed; else ``torch``."""
-    folder = Path(source)
-    ckpt = folder if folder.is_file() else None
-    folder = folder.parent if folder.is_file() else folder
+def default_runtime(checkpoint: Path, meta: dict[str, Any] | None) -> str:
+    """For the run ``checkpoint`` belongs to: ``int8`` for an int8-compressed run (ptq/qat) that ships
+    ``model_int8.onnx``; ``onnx`` when its ``model.onnx`` was exported from this very checkpoint (``export.json``
+    records that file's sha256) and ONNX Runtime is installed; else ``torch``."""
+    folder = checkpoint.parent
     compressed = ((meta or {}).get("compression") or {}).get("method") in INT8_COMPRESSION
     if compressed and (folder / "model_int8.onnx").is_file():
         return "int8"
-    return "onnx" if _exported_from(folder, ckpt) else "torch"
+    return "onnx" if _exported_from(checkpoint) else "torch"
 
 
-def _exported_from(folder: Path, ckpt: Path | None) -> bool:
+def _exported_from(checkpoint: Path) -> bool:
     import importlib.util
     import json
 
     from meddx.utils.io import file_digest
 
+    folder = checkpoint.parent
     try:
         record = json.loads((folder / "export.json").read_text())
-        if ckpt is None:
-            from meddx.engine.run import RunDir
-
-            ckpt = RunDir.open(folder).model_checkpoint()
-    except (OSError, ValueError, MeddxError):
+    except (OSError, ValueError):
         return False
     # the file name and its bytes, not the path: a run folder may have been moved or copied since the export
-    return (Path(record.get("checkpoint", "")).name == ckpt.name and (folder / "model.onnx").is_file()
-            and record.get("checkpoint_sha256") == file_digest(ckpt, "sha256")
+    return (Path(record.get("checkpoint", "")).name == checkpoint.name and (folder / "model.onnx").is_file()
+            and record.get("checkpoint_sha256") == file_digest(checkpoint, "sha256")
             and importlib.util.find_spec("onnxruntime") is not None)
 
 

@@ -52,37 +52,32 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """Return (all tensors, meta, state JSON); a clear error for a missing, corrupt or foreign file."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise MeddxError("checkpoint not found", path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MeddxError(f"not a readable safetensors checkpoint ({exc})", path) from None
-    if META_KEY not in header:
-        raise MeddxError("safetensors file has no meddx metadata (not a meddx checkpoint)", path)
+    header, tensors = _read(path, with_tensors=True)
     return tensors, upgrade_meta(json.loads(header[META_KEY])), json.loads(header.get("state", "{}"))
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Only the metadata of a checkpoint (the safetensors header; no tensors read, no torch imported)."""
+    header, _ = _read(path, with_tensors=False)
+    return upgrade_meta(json.loads(header[META_KEY]))
+
+
+def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The safetensors header (checked to be a meddx checkpoint's) and, if asked, the tensors (torch)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise MeddxError("checkpoint not found", path)
     try:
-        with safe_open(str(path), framework="numpy") as f:
+        with safe_open(str(path), framework="pt" if with_tensors else "numpy") as f:
             header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise MeddxError(f"not a readable safetensors checkpoint ({exc})", path) from None
     if META_KEY not in header:
         raise MeddxError("safetensors file has no meddx metadata (not a meddx checkpoint)", path)
-    return upgrade_meta(json.loads(header[META_KEY]))
+    return header, tensors
 
 
 def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
