@@ -71,3 +71,15 @@ def write_fake_medmnist(
 @pytest.fixture
 def fake_npz(tmp_path: Path) -> Path:
     return write_fake_medmnist(tmp_path / "fakemnist.npz")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine.
+    A module uses it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,12 +24,7 @@ ATTENTION_CLASSIFIERS = ["se_resnet18_slim", "cbam_resnet18_slim", "ag_resnet18_
 WITH_MAPS = ["cbam_resnet18_slim", "ag_resnet18_slim", "vit_slim"]  # SE weighs channels: no spatial map
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(*shape, seed=0):

@@ -34,13 +34,8 @@ require_module("captum")
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # small settings that still exercise every code path: integrated gradients' steps and internal batches,
 # occlusion's window and stride (the defaults would slide a 2-px window over the image: slow for a unit test)
 FAST = {"n_steps": 4, "internal_batch_size": 16, "window": 4, "stride": 4}
