@@ -57,14 +57,14 @@ class Predictor:
 
         return getattr(self.runtime, "device", torch.device("cpu"))
 
-    def torch_model(self) -> Predictor:
+    def torch_model(self, device: str = "cpu") -> Predictor:
         """A predictor with the run's PyTorch model (``self`` when it has one): gradients for heat maps when
         the scores come from an ONNX/int8 runtime. A one-line error if there is no checkpoint (an .onnx file)."""
         if self.runtime.name == "torch":
             return self
         if self.source.suffix == ".onnx":
             raise MeddxError("heat maps need the run's PyTorch checkpoint; an .onnx file has none", self.source)
-        return Predictor(self.source, device="cpu", runtime="torch")
+        return Predictor(self.source, device=device, runtime="torch")
 
     def _torch(self) -> Any:
         if self.runtime.name != "torch":

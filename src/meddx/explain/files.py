@@ -32,7 +32,7 @@ def explain_files(run: str | Path, images: list[str | Path], *, method: str = "g
     meta, classes = scorer.meta, scorer.classes
     if meta.get("task", "classification") != "classification":
         raise MeddxError(f"heat-map explanations are for classification runs, this is a {meta['task']} run", run)
-    mapper = scorer if scorer.runtime.name == "torch" else Predictor(run, device=device, runtime="torch")
+    mapper = scorer.torch_model(device)
     k = resolve_target(target, classes)
     layer_name = resolve_layer(mapper.model, layer, meta["model"])[1] if spec.needs_layer else None
     raw = torch.stack([scorer.load_image(p) for p in images])
