@@ -108,7 +108,10 @@ def _rank_device(device: torch.device) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that destroys its gloo group while a peer still uses it can
+    abort the peer ("terminate called without an active exception", seen once in CI), so all meet first."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()
 
 
