@@ -2,14 +2,14 @@
 
     python benchmarks/cli_latency.py [--repeats 5]
 
-Builds a tiny run in a temporary folder (phantom data, seednet, 1 epoch, no evaluation), then times, each
-``--repeats`` times after one untimed warm-up, as fresh processes: ``import torch``; ``meddx --help``;
-``meddx predict RUN one.png`` (one 28 px PNG); ``meddx predict RUN empty.png`` (a 0-byte file: the rejection);
-``meddx explain RUN one.png`` (Grad-CAM); then ``meddx export RUN`` and ``meddx predict RUN one.png`` again,
-which ``--runtime auto`` serves with the exported ``model.onnx`` (ONNX Runtime, no PyTorch import). Commands run
-as ``python -m meddx.cli`` with this checkout's ``src`` first on ``PYTHONPATH``. Prints min/median seconds and
-the median's ratio to the floor, then one JSON line
-(``predict_s``, ``predict_exported_s``, ``reject_s``, ``explain_s``, ``help_s``, ``torch_import_s``: medians).
+Builds a tiny run in a temporary folder (phantom data, the default model unless ``--model``, 1 epoch, no
+evaluation; `meddx train` also writes its ``model.onnx``), then times, each ``--repeats`` times after one
+untimed warm-up, as fresh processes: ``import torch``; ``meddx --help``; ``meddx predict RUN one.png`` (one 28 px PNG: ``--runtime auto`` takes the
+run's ``model.onnx``, ONNX Runtime without PyTorch); the same with ``--runtime torch``; ``meddx predict RUN
+empty.png`` (a 0-byte file: the rejection); ``meddx explain RUN one.png`` (Grad-CAM, PyTorch). Commands run as
+``python -m meddx.cli`` with this checkout's ``src`` first on ``PYTHONPATH``. Prints min/median seconds and the
+median's ratio to the floor, then one JSON line (``predict_s``, ``predict_torch_s``, ``reject_s``,
+``explain_s``, ``help_s``, ``torch_import_s``: medians).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def _meddx(*args: str) -> list[str]:
     return [sys.executable, "-m", "meddx.cli", *args]
 
 
-def build_run(tmp: Path) -> tuple[Path, Path, Path]:
-    """A 1-epoch seednet run on the phantom, one 28 px PNG and one empty ``.png``."""
+def build_run(tmp: Path, model: str) -> tuple[Path, Path, Path]:
+    """A 1-epoch run of ``model`` on the phantom, one 28 px PNG and one empty ``.png``."""
     import numpy as np
     from PIL import Image
 
-    subprocess.run(_meddx("train", "--data", "phantom", "--model", "seednet", "--epochs", "1", "--out", str(tmp),
+    subprocess.run(_meddx("train", "--data", "phantom", "--model", model, "--epochs", "1", "--out", str(tmp),
                           "--name", "run", "--no-evaluate", "--device", "cpu"),
                    check=True, env=_env(), capture_output=True)
     one, empty = tmp / "one.png", tmp / "empty.png"
@@ -69,23 +69,22 @@ def time_command(cmd: list[str], repeats: int, expect_rc: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", default="resnet18_slim", help="network of the timed run (default: the default model)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="meddx-cli-latency-") as d:
-        run, one, empty = build_run(Path(d))
+        run, one, empty = build_run(Path(d), args.model)
         cases = [
             ("torch_import_s", 'python -c "import torch"', [sys.executable, "-c", "import torch"], 0),
             ("help_s", "meddx --help", _meddx("--help"), 0),
-            ("predict_s", "meddx predict RUN one.png", _meddx("predict", str(run), str(one), "--device", "cpu"), 0),
+            ("predict_s", "meddx predict RUN one.png (auto: the run's model.onnx)",
+             _meddx("predict", str(run), str(one), "--device", "cpu"), 0),
+            ("predict_torch_s", "meddx predict RUN one.png --runtime torch",
+             _meddx("predict", str(run), str(one), "--device", "cpu", "--runtime", "torch"), 0),
             ("reject_s", "meddx predict RUN empty.png", _meddx("predict", str(run), str(empty)), 2),
             ("explain_s", "meddx explain RUN one.png", _meddx("explain", str(run), str(one), "--device", "cpu"), 0),
         ]
-        export = _meddx("export", str(run))
-        cases.append(("predict_exported_s", "meddx predict RUN one.png (after meddx export: onnx)",
-                      _meddx("predict", str(run), str(one)), 0))
         medians, rows = {}, []
         for key, label, cmd, rc in cases:
-            if key == "predict_exported_s":
-                subprocess.run(export, check=True, env=_env(), capture_output=True)
             t = time_command(cmd, args.repeats, rc)
             medians[key] = statistics.median(t)
             rows.append({"command": label, "min s": min(t), "median s": medians[key], "max s": max(t)})

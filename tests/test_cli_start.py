@@ -97,3 +97,39 @@ def test_missing_run_and_bad_runtime_rejected_before_torch(tmp_path):
     assert r["code"] == 2 and "run folder or checkpoint not found" in r["stderr"] and "torch" not in r["modules"]
     r = _probe("predict", str(tmp_path), str(png), "--runtime", "tflite")
     assert r["code"] == 2 and "runtime must be" in r["stderr"] and "torch" not in r["modules"]
+
+
+def _commands(group, prefix=()):
+    """(path, click command) for every command of the app, sub-apps included."""
+    import typer
+
+    from meddx.cli import app
+
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        path = (*prefix, name)
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, path)
+        else:
+            yield path, cmd
+
+
+def test_help_names_values_in_words_not_python_types():
+    from typer.testing import CliRunner
+
+    from meddx.cli import app
+
+    runner = CliRunner()
+    paths = [p for p, _ in _commands(None)]
+    assert {("predict",), ("register",), ("pacs", "run")} <= set(paths)
+    for path in paths:
+        r = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, (path, r.output)
+        usage = next(line for line in r.output.splitlines() if "Usage:" in line)
+        assert "{" not in usage and "...." not in usage, (path, usage)  # RUN [FILE...], not {RUN} [FILE...]...
+        for bad in ("<str>", "<int>", "<float>", "<path>", "<bool>", "list[", "Path]"):
+            assert bad not in r.output, (path, bad)
+    r = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    assert "RUN [FILE...]" in r.output and "INTEGER" in r.output and "PATH" in r.output
+    r = runner.invoke(app, ["register", "--help"], env={"COLUMNS": "200"})
+    assert "RUN FIXED MOVING" in r.output

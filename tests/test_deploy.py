@@ -194,6 +194,38 @@ def test_auto_runtime_uses_the_exported_onnx_model_only_while_it_matches_the_che
     assert r.exit_code == 0 and json.loads(r.output)[0]["runtime"] == "torch", r.output
 
 
+def test_train_writes_model_onnx_that_predict_runs_without_pytorch(data_file, tmp_path):
+    """`meddx train` ends with a verified model.onnx, so the first `meddx predict` on a new run starts without
+    PyTorch (issue #13 item 7); `--no-export` leaves the run without it (predict then uses PyTorch)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    common = ["--data", data_file, "--model", "seednet", "--epochs", 1, "--batch-size", 16, "--out", tmp_path,
+              "--no-evaluate", "--device", "cpu"]
+    r = invoke("train", *common, "--name", "with")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "with"
+    record = json.loads((run / "export.json").read_text())
+    assert (run / "model.onnx").is_file() and record["verified_on"] == "random images"
+    assert record["max_abs_diff"] < 1e-4
+    img = tmp_path / "x.png"
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(img)
+    code = ("import sys\nfrom meddx.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", str(run), str(img), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().endswith("torch not imported"), proc.stdout + proc.stderr
+    out = json.loads(proc.stdout[:proc.stdout.rindex("]") + 1])
+    assert out[0]["runtime"] == "onnxruntime fp32"
+    r = invoke("train", *common, "--name", "without", "--no-export")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "without" / "model.onnx").exists()
+    r = invoke("predict", tmp_path / "without", img, "--json")
+    assert r.exit_code == 0 and json.loads(r.output)[0]["runtime"] == "torch", r.output
+
+
 @pytest.mark.parametrize("method,extra", [
     ("prune", ["--amount", "0.6", "--epochs", "1", "--max-train", "16"]),
     ("prune-structured", ["--amount", "0.5", "--epochs", "1", "--max-train", "16", "--no-distill"]),

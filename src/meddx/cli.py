@@ -18,6 +18,9 @@ from meddx.explain import commands as explain_commands
 from meddx.models import commands as model_commands
 from meddx.pacs import commands as pacs_commands
 from meddx.serve import commands as serve_commands
+from meddx.utils.cli import words_in_help
+
+words_in_help()
 
 app = typer.Typer(help="meddx: medical images to diagnoses - train, evaluate, explain and ship models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -269,8 +269,9 @@ def _score(run: RunDir, job: Job, spec: CompressionMethod, source: dict[str, flo
 
 def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples: int = 512,
                calibration: str = "minmax", data_spec: str | None = None, tol: float = 1e-4,
-               seed: int = 0, float_ends: bool = True) -> dict[str, Any]:
-    """Write ``<run>/model.onnx`` (and ``model_int8.onnx``), verified against PyTorch; returns ``export.json``."""
+               seed: int = 0, float_ends: bool = True, verify_on_data: bool = True) -> dict[str, Any]:
+    """Write ``<run>/model.onnx`` (and ``model_int8.onnx``), verified against PyTorch; returns ``export.json``.
+    ``verify_on_data=False``: an fp32 export verified on random images in the input range (no data load)."""
     from meddx.deploy import onnx_export, quantize
     from meddx.deploy.latency import file_mb
     from meddx.utils.io import file_digest
@@ -286,6 +287,8 @@ def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples:
     if int8:
         data = _load_run_data(cfg, data_spec, "int8 export")
         images = data.test.images[:64]
+    elif not verify_on_data:
+        data, images = None, None
     else:
         try:
             data = _load_run_data(cfg, data_spec, None)
@@ -312,3 +315,20 @@ def export_run(run_path: str | Path, int8: bool = False, *, calibration_samples:
                           "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
     src.write_json(src.path / "export.json", result)
     return result
+
+
+def export_after_training(run_path: str | Path) -> dict[str, Any] | None:
+    """``model.onnx`` for a freshly trained classification run, so that ``meddx predict`` on it starts without
+    PyTorch (``--runtime auto`` takes it while ``export.json`` matches the checkpoint); verified against PyTorch on
+    random images in the input range. None where it does not apply: another task, or the ``deploy`` extra
+    (onnx, onnxruntime) not installed."""
+    import importlib.util
+
+    from meddx.utils.checkpoints import read_meta
+
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")):
+        return None
+    meta = read_meta(RunDir.open(run_path).model_checkpoint())
+    if (meta or {}).get("task", "classification") != "classification":
+        return None
+    return export_run(run_path, verify_on_data=False)

@@ -62,6 +62,8 @@ def train(
     tensorboard: bool = typer.Option(False, help="also log to TensorBoard"),
     resume: Path | None = typer.Option(None, help="continue an interrupted run folder"),
     evaluate: bool = typer.Option(True, help="evaluate on the test split and write the report afterwards"),
+    export: bool = typer.Option(True, help="classification: also write model.onnx (checked against PyTorch), "
+                                "which `meddx predict` then runs without PyTorch"),
     nproc: int = typer.Option(1, help="data-parallel processes on this machine (DDP through torchrun)"),
     nnodes: str = typer.Option("1", help="machines (or MIN:MAX), each running this command; needs --rdzv-endpoint"),
     rdzv_endpoint: str | None = typer.Option(None, help="HOST:PORT of the c10d rendezvous (several machines)"),
@@ -76,6 +78,8 @@ def train(
         run_path = launch_training(ctx, nproc, nnodes, rdzv_endpoint, max_restarts)  # rank 0 prints the folder
         if evaluate:
             _evaluate_and_print(run_path)
+        if export:
+            _export_for_predict(run_path)
         return
 
     cfg = _train_config(data=data, task=task, degrade=degrade, positive_class=positive_class, model=model, size=size,
@@ -93,6 +97,25 @@ def train(
         console.print(f"run folder: {run.path}")
     if evaluate and is_main():
         _evaluate_and_print(run.path)
+    if export and is_main():
+        _export_for_predict(run.path)
+
+
+def _export_for_predict(run_path: Path) -> None:
+    """model.onnx beside the checkpoint after training (after evaluation: the report scores the PyTorch model).
+    A failed export is one line of notice, never a failed run: the trained run is complete without it."""
+    from meddx.deploy.compress import export_after_training
+
+    console = _console(stderr=True)
+    try:
+        res = export_after_training(run_path)
+    except Exception as e:  # noqa: BLE001 - an unexportable layer must not cost the user the trained run
+        console.print(f"notice: model.onnx not written ({type(e).__name__}: {e}); predict uses PyTorch",
+                      markup=False, highlight=False)
+        return
+    if res is not None:
+        console.print(f"model.onnx: {res['onnx']} (max abs difference vs PyTorch {res['max_abs_diff']:.1e}); "
+                      "`meddx predict` runs it with ONNX Runtime", markup=False, highlight=False)
 
 
 def _evaluate_and_print(run_path: Path, split: str = "test", n_bootstrap: int = 1000) -> dict[str, Any]:
@@ -126,7 +149,7 @@ def predict(
     device: str = typer.Option("auto"),
     runtime: str = typer.Option("auto", help="auto | torch | onnx | int8: auto is int8 (the run's model_int8.onnx) "
                                 "for a ptq/qat-compressed run, onnx (model.onnx, starts without PyTorch) when "
-                                "`meddx export` made it from the checkpoint in use, else torch"),
+                                "`meddx train` or `meddx export` made it from the checkpoint in use, else torch"),
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
     input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
     output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
@@ -194,4 +217,5 @@ def demo(
         shutil.rmtree(run_dir)
     run = fit(cfg, console=console)
     _evaluate_and_print(run.path)
+    _export_for_predict(run.path)
     console.print(f"done. open {run.path / 'report.html'} in a browser")

@@ -15,9 +15,11 @@ app = typer.Typer()
 @app.command()
 @user_errors
 def register(
-    run: str = typer.Argument(..., help="trained registration run folder (ignored by the classical methods: use -)"),
-    fixed: Path = typer.Argument(..., help="fixed image (2D image file or 3D NIfTI/NRRD/DICOM folder)"),
-    moving: Path = typer.Argument(..., help="moving image, on the fixed image's grid"),
+    run: str = typer.Argument(..., metavar="RUN",
+                              help="trained registration run folder (ignored by the classical methods: use -)"),
+    fixed: Path = typer.Argument(..., metavar="FIXED",
+                                 help="fixed image (2D image file or 3D NIfTI/NRRD/DICOM folder)"),
+    moving: Path = typer.Argument(..., metavar="MOVING", help="moving image, on the fixed image's grid"),
     labels: Path | None = typer.Option(None, help="moving image's label map, warped with the image"),
     landmarks: Path | None = typer.Option(None, help="CSV of fixed,moving point pairs (voxels): TRE before/after"),
     out: Path | None = typer.Option(None, help="output folder (default: beside the moving image)"),
