@@ -3,13 +3,13 @@
     python benchmarks/cli_latency.py [--repeats 5]
 
 Builds a tiny run in a temporary folder (phantom data, the default model unless ``--model``, 1 epoch, no
-evaluation; `meddx train` also writes its ``model.onnx``), then times, each ``--repeats`` times after one
-untimed warm-up, as fresh processes: ``import torch``; ``meddx --help``; ``meddx predict RUN one.png`` (one 28 px PNG: ``--runtime auto`` takes the
-run's ``model.onnx``, ONNX Runtime without PyTorch); the same with ``--runtime torch``; ``meddx predict RUN
-empty.png`` (a 0-byte file: the rejection); ``meddx explain RUN one.png`` (Grad-CAM, PyTorch). Commands run as
-``python -m meddx.cli`` with this checkout's ``src`` first on ``PYTHONPATH``. Prints min/median seconds and the
-median's ratio to the floor, then one JSON line (``predict_s``, ``predict_torch_s``, ``reject_s``,
-``explain_s``, ``help_s``, ``torch_import_s``: medians).
+evaluation; `meddx train` also writes its ``model.onnx``), then times, each ``--repeats`` times after one untimed
+warm-up, as fresh processes: ``import torch``; ``meddx --help``; ``meddx predict RUN one.png`` (one 28 px PNG:
+``--runtime auto`` takes the run's ``model.onnx``, ONNX Runtime without PyTorch); the same with ``--runtime
+torch``; ``meddx predict RUN empty.png`` (a 0-byte file: the rejection); ``meddx explain RUN one.png`` (Grad-CAM,
+PyTorch). Commands run as ``python -m meddx.cli`` with this checkout's ``src`` first on ``PYTHONPATH``. Prints
+min/median seconds and the median's ratio to the floor, then one JSON line (``predict_s``, ``predict_torch_s``,
+``reject_s``, ``explain_s``, ``help_s``, ``torch_import_s``: medians).
 """
 
 from __future__ import annotations
