@@ -182,7 +182,7 @@ def has_layer(model, name):
 
 
 def attention_jobs(model):
-    """The "attention" rows for a model with attention (none otherwise): the default map and one variant."""
+    """The "attention" rows for a model with attention (none otherwise): the default map and its variants."""
     from meddx.errors import MeddxError
     from meddx.explain.attention import attention_modules
 
@@ -190,10 +190,14 @@ def attention_jobs(model):
         kind = attention_modules(model)[0]
     except MeddxError:
         return []
-    variant = ("ViT last-layer CLS", {"vit_attention": "last"}) if kind == "vit" else \
-        ("coarsest gate", {"gates": "last"})
-    default = "ViT rollout" if kind == "vit" else "all gates (mean)"
-    return [("attention", None, default, {}), ("attention", None, variant[0], variant[1])]
+    if kind == "vit":
+        variants = [("ViT last-layer CLS", {"vit_attention": "last"})]
+    elif kind == "gate":
+        variants = [("all gates (mean)", {"gates": "all"}), ("gates' product", {"gates": "product"})]
+    else:
+        variants = []
+    default = {"vit": "ViT rollout", "gate": "coarsest gate (default)"}.get(kind, "spatial gates")
+    return [("attention", None, default, {})] + [("attention", None, name, opts) for name, opts in variants]
 
 
 def cost(args):

@@ -120,7 +120,13 @@ def test_attention_maps_3d_and_options():
     assert get_method("attention").supports_3d and get_method("attention").class_agnostic
     x = _x(1, 1, 28, 28)
     ag = create_model("ag_resnet18_slim", 1, 2, 28)
-    assert not np.allclose(explain(ag, x, method="attention"), explain(ag, x, method="attention", gates="last"))
+    default = explain(ag, x, method="attention")
+    np.testing.assert_allclose(default, explain(ag, x, method="attention", gates="last"))  # the coarsest gate
+    assert not np.allclose(default, explain(ag, x, method="attention", gates="all"))
+    product = explain(ag, x, method="attention", gates="product")
+    assert not np.allclose(product, explain(ag, x, method="attention", gates="all")) and product.min() >= 0
+    with pytest.raises(MeddxError, match="gates must be"):
+        explain(ag, x, method="attention", gates="middle")
     vit = create_model("vit_slim", 1, 2, 28)
     assert not np.allclose(explain(vit, x, method="attention"),
                            explain(vit, x, method="attention", vit_attention="last"))

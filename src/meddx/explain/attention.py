@@ -10,8 +10,11 @@ Which modules count is decided by their library class, so any network built from
   rollout (Abnar & Zuidema 2020; default) or the last block's attention (``vit_attention="last"``), read
   from the class token's row over the patch tokens.
 
-Several gates at different resolutions are upsampled to the input and averaged (``gates="all"``; ``"last"``
-keeps the coarsest). The hooks are registered in a context manager that always removes them, and timm's
+Several gates at different resolutions: by default the coarsest (``gates="last"``): in the attention-gated
+classifier it is the gate of the deepest gated features, the one that found the nodule in the explain benchmark
+(pointing game 0.875 within 3 px against 0.000 for the mean of all gates, whose layer2 gate spreads over the
+lung); ``"all"`` averages every gate upsampled to the input, ``"product"`` takes their geometric mean (a location
+must be attended at every scale). The hooks are registered in a context manager that always removes them, and timm's
 fused attention kernel (which never materialises the attention matrix) is switched off only inside it.
 Attention does not depend on the target class (``class_agnostic`` in the method table).
 """
@@ -125,7 +128,12 @@ def attention_maps(model, x, targets, layer, options: dict[str, Any]) -> torch.T
         last = options.get("vit_attention", "rollout") == "last"
         return _upsample(_vit_map(model, rollout(recorded, last_only=last), spatial), spatial)
     ups = [_upsample(m, spatial) for m in recorded]
-    if options.get("gates", "all") == "last":
+    gates = options.get("gates", "last")
+    if gates == "last":
         coarsest = min(range(len(recorded)), key=lambda i: recorded[i][0].numel())
         return ups[coarsest]
+    if gates == "product":
+        return torch.stack(ups).clamp_min(1e-6).log().mean(0).exp()
+    if gates != "all":
+        raise MeddxError(f"gates must be last, all or product; got {gates!r}")
     return torch.stack(ups).mean(0)
