@@ -5,6 +5,8 @@ the one reader (:func:`meddx.data.contract.read_input`: the same conversions as 
 the main process runs batched inference through the run's runtime (torch, onnx, int8). Each batch's rows are
 appended to the output as it completes (:mod:`meddx.engine.batch_output`); a rerun skips files already
 written, so an interrupted job continues where it stopped. A file that cannot be read becomes an error row.
+Several processes (``--nproc``): :mod:`meddx.engine.batch_parallel`, built from :func:`open_job` and
+:func:`score`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import csv
 import glob
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +151,41 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
     """Predict every input file not yet in ``output``; rows appended per batch. See the module docstring."""
     import time
 
+    job = open_job(run, inputs, output, runtime, device)
+    t0 = time.time()
+    n_workers = decoding_workers(workers)
+    threads = torch.get_num_threads()
+    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured)
+    torch.set_num_threads(max(1, cores() - n_workers))
+    said: set[str] = set()
+    with _bar(len(job.pending), progress) as advance, _restore_threads(threads):
+        def on_batch(rows: int, errors: int, notices: list[str]) -> None:
+            _print_notices(notices, said)
+            advance(rows)
+
+        written, errors = score(job, job.table, job.pending, batch_size, n_workers, on_batch)
+    out = job.table.close()
+    return job.summary(out, written, errors, time.time() - t0)
+
+
+@dataclass
+class Job:
+    """An open batch job: the runtime, the task, the output table and the files not in it yet."""
+
+    rt: Any
+    task: Any
+    classes: list[str]
+    table: Any
+    paths: list[str]
+    pending: list[str]
+
+    def summary(self, out: Path, written: int, errors: int, seconds: float) -> BatchSummary:
+        return BatchSummary(out, len(self.paths), len(self.paths) - len(self.pending), written, errors, seconds)
+
+
+def open_job(run: str | Path, inputs: str | Path, output: str | Path, runtime: str, device: str) -> Job:
+    """Open the runtime (a classifier's, else a one-line error), the output table, and list the pending files
+    (those in neither the output nor a rank table a killed ``--nproc`` run left)."""
     from meddx.runtimes import open_runtime
     from meddx.tasks import task_from_meta
 
@@ -159,27 +196,23 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
                          "meddx predict RUN FILE...)", run)
     classes = list(rt.meta["classes"])
     table = open_table(output, classes)
-    volumes = len(rt.meta.get("image_shape", [])) == 3
-    paths = find_inputs(inputs, volumes)
+    paths = find_inputs(inputs, len(rt.meta.get("image_shape", [])) == 3)
     done = table.done()
-    pending = [p for p in paths if p not in done]
-    t0, written, errors = time.time(), 0, 0
-    n_workers = decoding_workers(workers)
-    loader = _loader(pending, rt.meta, batch_size, n_workers)
-    threads = torch.get_num_threads()
-    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured)
-    torch.set_num_threads(max(1, cores() - n_workers))
-    with _bar(len(pending), progress) as advance, _restore_threads(threads):
-        said: set[str] = set()
-        for images, names, errs, notices in loader:
-            _print_notices(notices, said)
-            rows = _rows(task, rt, images, names, errs, classes)
-            table.append(rows)
-            written += len(rows)
-            errors += sum(1 for e in errs if e)
-            advance(len(rows))
-    out = table.close()
-    return BatchSummary(out, len(paths), len(paths) - len(pending), written, errors, time.time() - t0)
+    return Job(rt, task, classes, table, paths, [p for p in paths if p not in done])
+
+
+def score(job: Job, table: Any, paths: list[str], batch_size: int, n_workers: int,
+          on_batch: Callable[[int, int, list[str]], None]) -> tuple[int, int]:
+    """Score ``paths`` with ``job``'s runtime into ``table`` batch by batch; ``on_batch(rows, errors, notices)``
+    after each. Returns (rows written, error rows)."""
+    written = errors = 0
+    for images, names, errs, notices in _loader(paths, job.rt.meta, batch_size, n_workers):
+        rows = _rows(job.task, job.rt, images, names, errs, job.classes)
+        table.append(rows)
+        bad = sum(1 for e in errs if e)
+        written, errors = written + len(rows), errors + bad
+        on_batch(len(rows), bad, notices)
+    return written, errors
 
 
 def decoding_workers(workers: int | None) -> int:

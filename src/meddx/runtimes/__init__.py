@@ -78,15 +78,19 @@ def resolve(name: str, source: str | Path) -> str:
     return default_runtime(ckpt, read_meta(ckpt))
 
 
-def open_runtime(name: str, source: str | Path, device: str = "auto", loaded: Any = None) -> Any:
+def open_runtime(name: str, source: str | Path, device: str = "auto", loaded: Any = None,
+                 threads: int | None = None) -> Any:
     """Open runtime ``name`` (``auto``: :func:`resolve`) on a run folder or a model file. ``loaded``: an open
-    ``torch`` runtime of the same run, reused rather than loading the checkpoint again."""
+    ``torch`` runtime of the same run, reused rather than loading the checkpoint again. ``threads``: intra-op
+    threads of a runtime with its own thread pool (ONNX Runtime); PyTorch's are the process's
+    (``torch.set_num_threads``), the caller's to set."""
     name = resolve(name, source)
     if name == "torch" and loaded is not None:
         return loaded
-    return _open(name, source, device)
+    return _open(name, source, device, threads)
 
 
-def _open(name: str, source: str | Path, device: str) -> Any:
+def _open(name: str, source: str | Path, device: str, threads: int | None = None) -> Any:
     module, cls = RUNTIMES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(source, device=device)
+    extra = {"threads": threads} if threads and name != "torch" else {}
+    return getattr(importlib.import_module(module), cls)(source, device=device, **extra)
