@@ -154,6 +154,8 @@ def predict(
     input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
     output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
     workers: int | None = typer.Option(None, help="with --input: decoding processes (default: a quarter of the cores)"),
+    nproc: int = typer.Option(1, help="with --input: worker processes, each scoring a share of the files with its "
+                              "own model (one GPU each, round robin; on CPU the cores are split among them)"),
     dicom_out: Path | None = typer.Option(None, help="DICOM inputs: also write de-identified DICOM results here "
                                           "(TID 1500 SR + heat-map SC for classification, SEG for masks)"),
 ) -> None:
@@ -166,10 +168,13 @@ def predict(
     if input is not None or output is not None:
         if input is None or output is None or images:
             raise MeddxError("--input and --output go together, without FILE arguments")
-        from meddx.engine.batch_predict import predict_archive
+        from meddx.engine.batch_parallel import predict_parallel
 
-        typer.echo(predict_archive(run, input, output, runtime=runtime, device=device, workers=workers).line())
+        typer.echo(predict_parallel(run, input, output, nproc=nproc, runtime=runtime, device=device,
+                                    workers=workers).line())
         return
+    if nproc != 1:
+        raise MeddxError("--nproc goes with --input/--output")
     if not images:
         raise MeddxError("give image FILEs, or --input DIR|GLOB|CSV --output results.csv|.parquet")
     check_inputs(run, images)
