@@ -187,3 +187,204 @@ def test_onnx_runtime_gives_the_torch_rows(run_dir, tmp_path):
         assert a["status"] == b["status"] and a["label"] == b["label"]
         if a["status"] == "ok":
             assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
+
+
+# ---------------------------------------------------------------- --nproc: several worker processes
+
+
+def _nproc_archive(root: Path, good: int = 58) -> Path:
+    """``good`` PNGs in two folders plus 2 unreadable files (60 inputs)."""
+    rng = np.random.default_rng(2)
+    for i in range(good):
+        sub = root / f"s{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(sub / f"im{i:03d}.png")
+    (root / "s0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    (root / "s1" / "empty.png").write_bytes(b"")
+    return root
+
+
+def _rows_of(path: Path) -> list[dict]:
+    """The table's rows as dicts of text ('' for empty), whatever its format."""
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    import pyarrow.parquet as pq
+
+    return [{k: "" if v is None else str(v) for k, v in r.items()} for r in pq.read_table(path).to_pylist()]
+
+
+def _same_rows(got: list[dict], want: list[dict]) -> None:
+    assert [r["file"] for r in got] == [r["file"] for r in want]
+    for a, b in zip(got, want):
+        assert (a["status"], a["label"], a["error"]) == (b["status"], b["label"], b["error"])
+        for col in [c for c in b if c == "probability" or c.startswith("p_")]:
+            assert (a[col] == "") == (b[col] == "")
+            if b[col]:
+                assert float(a[col]) == pytest.approx(float(b[col]), abs=1e-6)
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [p for p in out.parent.iterdir() if p.name.startswith(out.name + ".")]
+
+
+@pytest.fixture(scope="module")
+def nproc_archive(tmp_path_factory) -> Path:
+    return _nproc_archive(tmp_path_factory.mktemp("np") / "a")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_nproc_2_gives_the_rows_of_one_process(run_dir, nproc_archive, tmp_path, monkeypatch, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    from meddx.engine import batch_parallel
+
+    one = predict_archive(run_dir, nproc_archive, tmp_path / f"one{suffix}", runtime="torch", batch_size=8,
+                          workers=0, progress=False)
+
+    def no_single_process(*a, **k):
+        raise AssertionError("--nproc 2 fell back to one process")
+
+    monkeypatch.setattr(batch_parallel, "predict_archive", no_single_process)
+    two = batch_parallel.predict_parallel(run_dir, nproc_archive, tmp_path / f"two{suffix}", nproc=2,
+                                          runtime="torch", batch_size=8, workers=0, progress=False)
+    assert (two.total, two.done, two.errors, two.skipped) == (one.total, one.done, one.errors, 0) == (60, 60, 2, 0)
+    want = _rows_of(one.output)
+    assert sum(r["status"] == "error" for r in want) == 2
+    _same_rows(_rows_of(two.output), want)  # contiguous shards: even the order is the one process's
+    assert _leftovers(two.output) == []  # rank tables merged and removed
+
+
+def _typed(row: dict) -> dict:
+    return {k: (float(v) if v and (k == "probability" or k.startswith("p_")) else (v or None)) for k, v in row.items()}
+
+
+@pytest.mark.parametrize("suffix,nproc", [(".csv", 2), (".parquet", 2), (".csv", 1), (".parquet", 1)])
+def test_rerun_after_an_interrupted_nproc_run_writes_every_file_once(run_dir, nproc_archive, tmp_path, suffix,
+                                                                    nproc):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    from meddx.engine.batch_output import rank_csv
+    from meddx.engine.batch_parallel import predict_parallel
+
+    ref = _rows_of(predict_archive(run_dir, nproc_archive, tmp_path / f"ref{suffix}", runtime="torch",
+                                   workers=0, progress=False).output)
+    classes = [c[2:] for c in ref[0] if c.startswith("p_")]
+    out = tmp_path / f"res{suffix}"
+    # what kills leave: a main table (10 rows), rank 1's table (rows 10-24, the first 3 also in the main table,
+    # as after a kill between a merge and the sidecar's removal) and rank 0's (rows 30-34)
+    main = open_table(out, classes)
+    main.append([_typed(r) for r in ref[:10]])
+    main.close()  # parquet: a finished main file beside the rank parts
+    open_table(out, classes, rank=1).append([_typed(r) for r in ref[7:25]])
+    open_table(out, classes, rank=0).append([_typed(r) for r in ref[30:35]])
+    if suffix == ".csv":
+        with open(rank_csv(out, 0), "a") as f:
+            f.write(ref[35]["file"] + ",ok,")  # a row cut short by a kill
+    summary = predict_parallel(run_dir, nproc_archive, out, nproc=nproc, runtime="torch", batch_size=8,
+                               workers=0, progress=False)
+    assert (summary.skipped, summary.done) == (30, 30)  # 10 + 15 + 5 already done; the cut row is scored again
+    got = _rows_of(out)
+    assert sorted(r["file"] for r in got) == sorted(r["file"] for r in ref)  # every file exactly once
+    by_file = {r["file"]: r for r in got}
+    _same_rows([by_file[r["file"]] for r in ref], ref)
+    assert _leftovers(out) == []
+
+
+def test_bad_nproc_is_one_error_line(run_dir, tmp_path):
+    root = _archive(tmp_path / "a", n=1)
+    out = tmp_path / "r.csv"
+    for value in ("0", "-1"):
+        r = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(root), "--output", str(out),
+                                     "--nproc", value])
+        assert r.exit_code == 2 and r.output.strip().splitlines() == [f"error: --nproc must be at least 1; got {value}"]
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["predict", str(run_dir), str(root / "site0" / "img000.png"), "--nproc", "2"])
+    assert r.exit_code == 2 and "error: --nproc goes with --input/--output" in r.output
+    # more processes than files: capped (here one file is left after the rerun, so one process scores it)
+    r = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(root), "--output", str(out), "--nproc", "8",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "4 files predicted (1 unreadable" in r.output and len(_read_csv(out)) == 4
+
+
+def _spawned_children(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(k) for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+
+
+NPROC_JOB = """
+import sys
+from meddx.engine.batch_parallel import predict_parallel
+from meddx.errors import MeddxError
+try:
+    predict_parallel(sys.argv[1], sys.argv[2], sys.argv[3], nproc=2, runtime="torch", batch_size=4, workers=0,
+                     progress=False)
+except MeddxError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_a_killed_worker_fails_the_job_in_one_line_and_the_rerun_completes(run_dir, nproc_archive, tmp_path):
+    out = tmp_path / "res.csv"
+    proc = subprocess.Popen([sys.executable, "-c", NPROC_JOB, str(run_dir), str(nproc_archive), str(out)], env=ENV,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, victim = time.time() + 120, None
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        kids = _spawned_children(proc.pid)
+        victim = kids[-1] if len(kids) == 2 else None
+        time.sleep(0.01)
+    assert victim is not None, "no worker processes seen"
+    os.kill(victim, signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=90)  # never hangs: the parent polls its workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [f"error: {out}: worker 1 died (signal 9); rows written so far are kept: "
+                                        "rerun to continue"]
+    r = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(nproc_archive), "--output", str(out),
+                                 "--nproc", "2", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    files = [row["file"] for row in _read_csv(out)]
+    assert sorted(files) == sorted(find_inputs(nproc_archive)) and _leftovers(out) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_workers_stop_when_the_parent_is_killed_and_the_rerun_completes(run_dir, nproc_archive, tmp_path):
+    out = tmp_path / "res.parquet" if _has_pyarrow() else tmp_path / "res.csv"
+    proc = subprocess.Popen([sys.executable, "-c", NPROC_JOB, str(run_dir), str(nproc_archive), str(out)], env=ENV)
+    deadline, kids = time.time() + 120, []
+    while len(kids) < 2 and time.time() < deadline and proc.poll() is None:
+        kids = _spawned_children(proc.pid)
+        time.sleep(0.01)
+    assert len(kids) == 2, "no worker processes seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 90  # each worker notices after its next batch
+    while any(_running(k) for k in kids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(k) for k in kids), "orphaned workers kept running"
+    from meddx.engine.batch_parallel import predict_parallel
+
+    summary = predict_parallel(run_dir, nproc_archive, out, nproc=2, runtime="torch", batch_size=8, workers=0,
+                               progress=False)
+    # each worker stopped after its first batch of 4 (not finishing its shard as an orphan would)
+    assert summary.skipped <= 8 and summary.skipped + summary.done == 60
+    assert sorted(r["file"] for r in _rows_of(out)) == sorted(find_inputs(nproc_archive)) and _leftovers(out) == []
+
+
+def _has_pyarrow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
