@@ -55,11 +55,13 @@ def _plan(rank: int, nproc: int, device: str, workers: int | None) -> dict[str, 
 
     share = max(1, cores() // nproc)
     decoders = share // 4 if workers is None else max(0, workers)  # 0 (in-process) on small machines
-    if device in ("auto", "cuda"):
+    from meddx.utils.runtime import pick_device
+
+    picked = pick_device(device)  # a device this machine lacks is one error line here, before any worker starts
+    if device in ("auto", "cuda") and picked.type == "cuda":  # "cuda:1" given explicitly: every rank uses it
         import torch
 
-        if torch.cuda.is_available():  # a spawned worker starts fresh: the parent's CUDA state does not matter
-            device = f"cuda:{rank % torch.cuda.device_count()}"
+        device = f"cuda:{rank % torch.cuda.device_count()}"
     return {"device": device, "threads": max(1, share - decoders), "decoders": decoders}
 
 
