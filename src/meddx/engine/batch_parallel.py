@@ -14,6 +14,8 @@ rerun) instead of hanging. At the end the parent's table merges every rank's row
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ def predict_parallel(run: str | Path, inputs: str | Path, output: str | Path, *,
     t0 = time.time()
     shards = [job.pending[len(job.pending) * k // nproc:len(job.pending) * (k + 1) // nproc] for k in range(nproc)]
     plans = [_plan(k, nproc, device, workers) for k in range(nproc)]
-    written, errors = _drive(run, inputs, output, runtime, batch_size, shards, plans, progress, len(job.pending))
+    written, errors = _drive(run, output, runtime, batch_size, shards, plans, progress, len(job.pending))
     out = job.table.close()  # merges the rank tables into the output
     return job.summary(out, written, errors, time.time() - t0)
 
@@ -52,11 +54,10 @@ def predict_parallel(run: str | Path, inputs: str | Path, output: str | Path, *,
 def _plan(rank: int, nproc: int, device: str, workers: int | None) -> dict[str, Any]:
     """Rank ``rank``'s device, model threads and decoding workers."""
     from meddx.engine.distributed import cores
+    from meddx.utils.runtime import pick_device
 
     share = max(1, cores() // nproc)
     decoders = share // 4 if workers is None else max(0, workers)  # 0 (in-process) on small machines
-    from meddx.utils.runtime import pick_device
-
     picked = pick_device(device)  # a device this machine lacks is one error line here, before any worker starts
     if device in ("auto", "cuda") and picked.type == "cuda":  # "cuda:1" given explicitly: every rank uses it
         import torch
@@ -65,7 +66,7 @@ def _plan(rank: int, nproc: int, device: str, workers: int | None) -> dict[str, 
     return {"device": device, "threads": max(1, share - decoders), "decoders": decoders}
 
 
-def _drive(run, inputs, output, runtime, batch_size, shards, plans, progress, total) -> tuple[int, int]:
+def _drive(run, output, runtime, batch_size, shards, plans, progress, total) -> tuple[int, int]:
     """Start one process per shard, feed the progress bar from their messages, fail fast when one dies."""
     import multiprocessing as mp
 
@@ -89,8 +90,9 @@ def _drive(run, inputs, output, runtime, batch_size, shards, plans, progress, to
             raise MeddxError(f"worker {msg[1]}: {msg[2]} (rows written so far are kept: rerun to continue)", output)
 
     try:
-        for p in procs:  # not daemonic: a worker may have DataLoader decoding processes of its own
-            p.start()
+        with _no_sigint():  # not daemonic: a worker may have DataLoader decoding processes of its own
+            for p in procs:
+                p.start()
         with _bar(total, progress) as advance:
             while len(finished) < len(procs):
                 try:
@@ -109,6 +111,23 @@ def _drive(run, inputs, output, runtime, batch_size, shards, plans, progress, to
                 p.join(JOIN_S)
         messages.close()
     return sum(w for w, _ in finished.values()), sum(e for _, e in finished.values())
+
+
+@contextmanager
+def _no_sigint() -> Iterator[None]:
+    """Start the workers with Ctrl-C ignored (inherited through exec, so even while they import torch): Ctrl-C
+    reaches the whole process group, and the parent alone answers it, ending the workers without tracebacks."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _drain(messages: Any, handle: Any) -> None:
