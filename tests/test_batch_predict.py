@@ -388,3 +388,17 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_failing_worker_is_one_error_line_and_keeps_the_other_rows(run_dir, nproc_archive, tmp_path):
+    from meddx.engine.batch_output import rank_csv
+
+    out = tmp_path / "res.csv"
+    rank_csv(out, 1).mkdir()  # rank 1 cannot write its table: its error must reach the parent as one line
+    r = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(nproc_archive), "--output", str(out),
+                                 "--nproc", "2", "--runtime", "torch", "--workers", "0"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"error: {out}: worker 1: IsADirectoryError") and "rerun to continue" in lines[0]
+    assert not out.exists()  # no merge after a failure: whatever rank 0 wrote stays in its table for the rerun
+    assert not rank_csv(out, 0).exists() or len(_read_csv(rank_csv(out, 0))) <= 30
