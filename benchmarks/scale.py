@@ -7,8 +7,9 @@
     ACC/AUC per seed, and the time per global batch (epoch seconds / steps, validation included). Also the
     measured gloo all-reduce time of the model's gradient size, the input of the README's scaling model.
 (b) infer: N generated PNG files; `meddx predict --input --output results.parquet` (files/s) vs the naive loop
-    `Predictor.predict_files([f])` per file, on the same model; peak RSS of the job (main process + decoding
-    workers) at 5k and N files; a kill -9 mid-run and a rerun must leave every file exactly once.
+    `Predictor.predict_files([f])` per file, on the same model AND the same runtime (`--runtimes`, default torch
+    then onnx: the run's model.onnx, which `meddx train` writes); peak RSS of the job (main process + decoding
+    workers) at 5k and N files (first runtime); a kill -9 mid-run and a rerun must leave every file exactly once.
 (c) GPU/NCCL: runs (a) with --device cuda over all GPUs when CUDA is available; otherwise says it skipped.
 
 The last line is JSON: ddp_acc_delta, ddp_auc_delta, ddp_step_ratio, batch_infer_speedup, rss_mb_5k, rss_mb_20k,
@@ -131,19 +132,19 @@ def make_pngs(folder: Path, n: int) -> Path:
     return folder
 
 
-def predict_job(run: Path, inputs: str, output: Path) -> subprocess.Popen:
+def predict_job(run: Path, inputs: str, output: Path, runtime: str = "auto") -> subprocess.Popen:
     code = ("import resource, sys\nfrom meddx.engine.batch_predict import predict_archive\n"
-            "s = predict_archive(sys.argv[1], sys.argv[2], sys.argv[3], progress=False)\n"
+            "s = predict_archive(sys.argv[1], sys.argv[2], sys.argv[3], runtime=sys.argv[4], progress=False)\n"
             "print('RESULT', s.done, s.seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    return subprocess.Popen([PY, "-c", code, str(run), inputs, str(output)], env=ENV, stdout=subprocess.PIPE,
+    return subprocess.Popen([PY, "-c", code, str(run), inputs, str(output), runtime], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def run_job(run: Path, inputs: str, output: Path) -> dict:
+def run_job(run: Path, inputs: str, output: Path, runtime: str = "auto") -> dict:
     from meddx.engine.batch_predict import decoding_workers
 
-    out, err = predict_job(run, inputs, output).communicate()
+    out, err = predict_job(run, inputs, output, runtime).communicate()
     line = [x for x in out.splitlines() if x.startswith("RESULT")]
     if not line:
         sys.exit(f"batch prediction failed:\n{err[-3000:]}")
@@ -154,14 +155,14 @@ def run_job(run: Path, inputs: str, output: Path) -> dict:
             "rss_mb": (int(main_kb) + workers * int(worker_kb)) / 1024}
 
 
-def naive_rate(run: Path, files: list[Path]) -> list[float]:
-    """Files/s of `Predictor.predict_files([f])` per file, at torch's default threads and at 1 thread (the
-    faster is reported: a busy machine punishes oversubscribed threads)."""
+def naive_rate(run: Path, files: list[Path], runtime: str) -> list[float]:
+    """Files/s of `Predictor.predict_files([f])` per file with ``runtime``, at torch's default threads and at 1
+    thread (the faster is reported: a busy machine punishes oversubscribed threads)."""
     import torch
 
     from meddx.engine.predict import Predictor
 
-    predictor = Predictor(run, device="cpu")
+    predictor = Predictor(run, device="cpu", runtime=runtime)
     predictor.predict_files([files[0]])  # warm-up
     default, rates = torch.get_num_threads(), []
     for threads in (default, 1):
@@ -171,7 +172,7 @@ def naive_rate(run: Path, files: list[Path]) -> list[float]:
             predictor.predict_files([f])
         rates.append(len(files) / (time.time() - t0))
     torch.set_num_threads(default)
-    print(f"  naive loop: {rates[0]:.1f} files/s at {default} threads, {rates[1]:.1f} at 1 thread")
+    print(f"  naive loop ({runtime}): {rates[0]:.1f} files/s at {default} threads, {rates[1]:.1f} at 1 thread")
     return rates
 
 
@@ -208,21 +209,28 @@ def part_infer(args, work: Path) -> dict:
     folder = make_pngs(work / "pngs", big)
     listing = work / f"first{small}.csv"
     listing.write_text("path\n" + "".join(f"{folder / f'f{i:06d}.png'}\n" for i in range(small)))
-    rows = []
-    for n, inputs in ((small, str(listing)), (big, str(folder))):
-        out = work / f"res{n}.parquet"
-        out.unlink(missing_ok=True)
-        rows.append({"method": "meddx predict --input", **run_job(run, inputs, out)})
     naive_files = sorted(folder.glob("*.png"))[:min(500, small)]
-    naive = naive_rate(run, naive_files)
-    rows.append({"method": "naive predict_files per file", "files": len(naive_files),
-                 "files_per_s": max(naive), "rss_mb": float("nan")})
+    rows, speedups, naive_default = [], {}, {}
+    for i, rt in enumerate(args.runtimes):
+        sizes = ((small, str(listing)), (big, str(folder))) if i == 0 else ((small, str(listing)),)
+        for n, inputs in sizes:
+            out = work / f"res{n}-{rt}.parquet"
+            out.unlink(missing_ok=True)
+            rows.append({"method": f"meddx predict --input ({rt})", "runtime": rt, **run_job(run, inputs, out, rt)})
+        naive = naive_rate(run, naive_files, rt)
+        naive_default[rt] = naive[0]
+        rows.append({"method": f"naive predict_files per file ({rt})", "runtime": rt, "files": len(naive_files),
+                     "files_per_s": max(naive), "rss_mb": float("nan")})
+        speedups[rt] = rows[-2]["files_per_s"] / rows[-1]["files_per_s"]
     print_table(rows, ["method", "files", "files_per_s", "rss_mb"], "Batch inference, 28 px PNG files")
+    first = args.runtimes[0]
     kill = kill_and_rerun(run, folder, work, after=big // 5)
     print(f"kill -9 after {kill['killed_after_rows']} rows, rerun: every file exactly once: {kill['exactly_once']}")
-    return {"batch_infer_speedup": rows[1]["files_per_s"] / rows[2]["files_per_s"],
-            "batch_files_per_s": rows[1]["files_per_s"], "naive_files_per_s": rows[2]["files_per_s"],
-            "batch_infer_speedup_vs_default_threads": rows[1]["files_per_s"] / naive[0],
+    batch_big = rows[1]["files_per_s"]
+    return {"batch_infer_speedup": speedups[first], "batch_infer_runtime": first,
+            **{f"batch_infer_speedup_{rt}": v for rt, v in speedups.items()},
+            "batch_files_per_s": batch_big, "naive_files_per_s": rows[2]["files_per_s"],
+            "batch_infer_speedup_vs_default_threads": batch_big / naive_default[first],
             "rss_mb_5k": rows[0]["rss_mb"], "rss_mb_20k": rows[1]["rss_mb"], "infer_files": big,
             "kill_rerun_exactly_once": kill["exactly_once"]}
 
@@ -233,6 +241,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx"],
+                    help="each: the batch job and the naive loop on the same runtime (the first also at --files)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "meddx-scale-bench"))
     ap.add_argument("--quick", action="store_true", help="smoke run: phantom, 1 seed, 1 epoch, 2k files")
     args = ap.parse_args()
