@@ -151,12 +151,14 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
     """Predict every input file not yet in ``output``; rows appended per batch. See the module docstring."""
     import time
 
-    job = open_job(run, inputs, output, runtime, device)
-    t0 = time.time()
     n_workers = decoding_workers(workers)
+    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured); the
+    # same share for ONNX Runtime's own thread pool (by default one thread per core, beside the decoders)
+    model_threads = max(1, cores() - n_workers)
+    job = open_job(run, inputs, output, runtime, device, threads=model_threads)
+    t0 = time.time()
     threads = torch.get_num_threads()
-    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured)
-    torch.set_num_threads(max(1, cores() - n_workers))
+    torch.set_num_threads(model_threads)
     said: set[str] = set()
     with _bar(len(job.pending), progress) as advance, _restore_threads(threads):
         def on_batch(rows: int, errors: int, notices: list[str]) -> None:
@@ -183,13 +185,15 @@ class Job:
         return BatchSummary(out, len(self.paths), len(self.paths) - len(self.pending), written, errors, seconds)
 
 
-def open_job(run: str | Path, inputs: str | Path, output: str | Path, runtime: str, device: str) -> Job:
-    """Open the runtime (a classifier's, else a one-line error), the output table, and list the pending files
-    (those in neither the output nor a rank table a killed ``--nproc`` run left)."""
+def open_job(run: str | Path, inputs: str | Path, output: str | Path, runtime: str, device: str,
+             threads: int | None = None) -> Job:
+    """Open the runtime (a classifier's, else a one-line error; ``threads``: ONNX Runtime's intra-op threads),
+    the output table, and list the pending files (those in neither the output nor a rank table a killed
+    ``--nproc`` run left)."""
     from meddx.runtimes import open_runtime
     from meddx.tasks import task_from_meta
 
-    rt = open_runtime(runtime, run, device=device)
+    rt = open_runtime(runtime, run, device=device, threads=threads)
     task = task_from_meta(rt.meta)
     if not task.is_classifier:
         raise MeddxError(f"--input/--output predicts classification runs; this is a {task.name} run (use "
