@@ -3,7 +3,7 @@ Mattes MI, affine + Demons) vs identity, per data set (phantom 2D, phantom 3D, M
 brain 3D at 4 mm), all in one run: Dice, HD95, TRE (mm), folding %, SDlogJ, s/pair; plus the real inter-subject
 pair Colin27 -> MNI152 scored on the brain mask.
 
-    python benchmarks/registration.py [--minutes 4] [--quick]
+    python benchmarks/registration.py [--minutes 4] [--only phantom2d ...] [--quick]
 
 Training: the registration task's default model with a wall-clock budget per data set (``--minutes``); the
 learned model is tested once on held-out pairs (other seeds; brain 2D: other slices). The last line is JSON.
@@ -105,11 +105,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per data set")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="*", default=None, help="data sets to run (phantom2d phantom3d brain2d brain3d)")
     args = ap.parse_args()
     n_boot = 50 if args.quick else 1000
     summary = []
     with tempfile.TemporaryDirectory() as out:
         for name, load in datasets(args.quick).items():
+            if args.only and name not in args.only:
+                continue
             data = load()
             model, meta, train_s = train(data, args.minutes, out, args.quick)
             results = {"learned": learned_scores(model, meta, data, n_boot)}
