@@ -45,8 +45,8 @@ def datasets(quick: bool) -> dict:
             "brain2d": load_brain2d, "brain3d": lambda: load_brain3d(n_train=32)}
 
 
-def train(data, minutes: float, out: str, quick: bool):
-    cfg = TrainConfig(data=data.name, task="registration", epochs=1 if quick else 300, max_minutes=minutes,
+def train(data, minutes: float, out: str, quick: bool, epochs: int = 300):
+    cfg = TrainConfig(data=data.name, task="registration", epochs=1 if quick else epochs, max_minutes=minutes,
                       out=out, name=data.name, progress=False, lr=3e-3, warmup_epochs=0 if quick else 1)
     tic = time.time()
     run = fit(cfg, data=data)
@@ -105,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per data set")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--epochs", type=int, default=300, help="epoch cap (the budget may end training first)")
     ap.add_argument("--only", nargs="*", default=None, help="data sets to run (phantom2d phantom3d brain2d brain3d)")
     args = ap.parse_args()
     n_boot = 50 if args.quick else 1000
@@ -114,7 +115,7 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             data = load()
-            model, meta, train_s = train(data, args.minutes, out, args.quick)
+            model, meta, train_s = train(data, args.minutes, out, args.quick, args.epochs)
             results = {"learned": learned_scores(model, meta, data, n_boot)}
             for method in CLASSICAL:
                 results[method] = classical_scores(method, data, n_boot)
