@@ -37,12 +37,17 @@ def run_dir(tmp_path_factory) -> Path:
     return fit(cfg).path
 
 
-def _archive(root: Path, n: int = 12) -> Path:
-    rng = np.random.default_rng(0)
+def _write_pngs(root: Path, n: int, seed: int, folder: str, stem: str) -> None:
+    """``n`` random 28 px PNGs alternating between ``root/<folder>0`` and ``root/<folder>1``."""
+    rng = np.random.default_rng(seed)
     for i in range(n):
-        sub = root / f"site{i % 2}"
+        sub = root / f"{folder}{i % 2}"
         sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(sub / f"img{i:03d}.png")
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(sub / f"{stem}{i:03d}.png")
+
+
+def _archive(root: Path, n: int = 12) -> Path:
+    _write_pngs(root, n, seed=0, folder="site", stem="img")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     series = root / "series"
     series.mkdir()
@@ -194,11 +199,7 @@ def test_onnx_runtime_gives_the_torch_rows(run_dir, tmp_path):
 
 def _nproc_archive(root: Path, good: int = 58) -> Path:
     """``good`` PNGs in two folders plus 2 unreadable files (60 inputs)."""
-    rng = np.random.default_rng(2)
-    for i in range(good):
-        sub = root / f"s{i % 2}"
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(sub / f"im{i:03d}.png")
+    _write_pngs(root, good, seed=2, folder="s", stem="im")
     (root / "s0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
     (root / "s1" / "empty.png").write_bytes(b"")
     return root

@@ -28,6 +28,21 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+# `meddx predict RUN IMG --json` in a new interpreter, then whether it imported PyTorch
+FRESH_PREDICT = ("import sys\nfrom meddx.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+                 "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+
+
+def _predict_in_fresh_process(run, img):
+    """(the JSON predict output, the finished process) of `meddx predict RUN IMG --json` in a new interpreter."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FRESH_PREDICT, "predict", str(run), str(img), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    return json.loads(proc.stdout[:proc.stdout.rindex("]") + 1]), proc
+
+
 def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
     """Non-trivial BatchNorm statistics, so that folding them is really exercised."""
     gen = torch.Generator().manual_seed(0)
@@ -161,9 +176,6 @@ def test_export_int8_and_predict_onnx(trained_run, tmp_path):
 
 
 def test_auto_runtime_uses_the_exported_onnx_model_only_while_it_matches_the_checkpoint(trained_run, tmp_path):
-    import subprocess
-    import sys
-
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     img = tmp_path / "x.png"
@@ -172,11 +184,7 @@ def test_auto_runtime_uses_the_exported_onnx_model_only_while_it_matches_the_che
     Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(img)
     assert invoke("export", run).exit_code == 0
     # a fresh process: the ONNX path must not import PyTorch at all (that is what makes it start fast)
-    code = ("import sys\nfrom meddx.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
-    proc = subprocess.run([sys.executable, "-c", code, "predict", str(run), str(img), "--json"],
-                          capture_output=True, text=True, timeout=120)
-    out = json.loads(proc.stdout[:proc.stdout.rindex("]") + 1])
+    out, proc = _predict_in_fresh_process(run, img)
     assert out[0]["runtime"] == "onnxruntime fp32" and out[0]["model_files"] == [str(run / "model.onnx")]
     assert proc.stdout.strip().endswith("torch not imported"), proc.stdout + proc.stderr
     p_torch = json.loads(invoke("predict", run, img, "--runtime", "torch", "--json").output)[0]["probabilities"]
@@ -197,9 +205,6 @@ def test_auto_runtime_uses_the_exported_onnx_model_only_while_it_matches_the_che
 def test_train_writes_model_onnx_that_predict_runs_without_pytorch(data_file, tmp_path):
     """`meddx train` ends with a verified model.onnx, so the first `meddx predict` on a new run starts without
     PyTorch (issue #13 item 7); `--no-export` leaves the run without it (predict then uses PyTorch)."""
-    import subprocess
-    import sys
-
     from PIL import Image
 
     common = ["--data", data_file, "--model", "seednet", "--epochs", 1, "--batch-size", 16, "--out", tmp_path,
@@ -212,12 +217,8 @@ def test_train_writes_model_onnx_that_predict_runs_without_pytorch(data_file, tm
     assert record["max_abs_diff"] < 1e-4
     img = tmp_path / "x.png"
     Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(img)
-    code = ("import sys\nfrom meddx.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
-    proc = subprocess.run([sys.executable, "-c", code, "predict", str(run), str(img), "--json"],
-                          capture_output=True, text=True, timeout=120)
+    out, proc = _predict_in_fresh_process(run, img)
     assert proc.stdout.strip().endswith("torch not imported"), proc.stdout + proc.stderr
-    out = json.loads(proc.stdout[:proc.stdout.rindex("]") + 1])
     assert out[0]["runtime"] == "onnxruntime fp32"
     r = invoke("train", *common, "--name", "without", "--no-export")
     assert r.exit_code == 0, r.output
