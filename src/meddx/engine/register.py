@@ -15,8 +15,10 @@ from meddx.errors import MeddxError
 METHODS = ("learned", "sitk-bspline", "sitk-affine", "demons", "identity")
 
 
-def learned_field(run: str | Path, fixed: np.ndarray, moving: np.ndarray, device: str = "auto") -> np.ndarray:
-    """The run's displacement field (D, *S) for unit-range ``fixed``/``moving`` arrays."""
+def learned_field(run: str | Path, fixed: np.ndarray, moving: np.ndarray, device: str = "auto",
+                  refine_steps: int | None = None) -> np.ndarray:
+    """The run's displacement field (D, *S) for unit-range ``fixed``/``moving`` arrays, refined on the pair by
+    ``refine_steps`` steps of instance optimisation (None: the task's default; 0: the network alone)."""
     from meddx.runtimes import open_runtime
 
     rt = open_runtime("torch", Path(run), device=device)
@@ -25,12 +27,15 @@ def learned_field(run: str | Path, fixed: np.ndarray, moving: np.ndarray, device
         raise MeddxError(f"run is a {task.name} run, not a registration run", run)
     task.check_dims(fixed.ndim, run)
     pair = torch.from_numpy(np.stack([fixed, moving]))[None]
-    return task.predict_fields(rt.model, pair, rt.norm, device=rt.device)[0].numpy()
+    if refine_steps is not None and refine_steps < 0:
+        raise MeddxError(f"refine steps must be >= 0, got {refine_steps}")
+    return task.predict_fields(rt.model, pair, rt.norm, device=rt.device, refine_steps=refine_steps)[0].numpy()
 
 
 def register_files(fixed: str | Path, moving: str | Path, *, run: str | Path | None = None,
                    labels: str | Path | None = None, landmarks: str | Path | None = None,
-                   out_dir: str | Path | None = None, method: str = "learned", device: str = "auto") -> dict[str, Any]:
+                   out_dir: str | Path | None = None, method: str = "learned", device: str = "auto",
+                   refine_steps: int | None = None) -> dict[str, Any]:
     """Register ``moving`` onto ``fixed``; write warped image, displacement field (NIfTI) and warped labels."""
     from meddx.classical.registration import register_arrays
     from meddx.data.registration_files import read_landmarks, read_pair, scale_unit, write_outputs
@@ -45,7 +50,8 @@ def register_files(fixed: str | Path, moving: str | Path, *, run: str | Path | N
     points = read_landmarks(landmarks, f.ndim) if landmarks else None
     fa, ma = scale_unit(f.array), scale_unit(m.array)
     tic = time.perf_counter()
-    ddf = learned_field(run, fa, ma, device) if method == "learned" else register_arrays(fa, ma, method, f.spacing)
+    ddf = (learned_field(run, fa, ma, device, refine_steps) if method == "learned"
+           else register_arrays(fa, ma, method, f.spacing))
     seconds = time.perf_counter() - tic
     field = torch.from_numpy(np.ascontiguousarray(ddf))[None].float()
     warped = warp(torch.from_numpy(m.array)[None, None].float(), field)[0, 0].numpy()

@@ -25,10 +25,12 @@ def register(
     out: Path | None = typer.Option(None, help="output folder (default: beside the moving image)"),
     method: str = typer.Option("learned", help="learned | sitk-bspline | sitk-affine | demons | identity"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    refine_steps: int | None = typer.Option(None, help="instance-optimisation steps after the network (learned "
+                                            "method; default: the task's, 0: the network's field alone)"),
 ) -> None:
     """Register MOVING onto FIXED: warped image, displacement field (NIfTI) and warped labels."""
     from meddx.engine.register import register_files
 
     result = register_files(fixed, moving, run=None if run == "-" else run, labels=labels, landmarks=landmarks,
-                            out_dir=out, method=method, device=device)
+                            out_dir=out, method=method, device=device, refine_steps=refine_steps)
     typer.echo(json.dumps(result, indent=1))  # plain: a rich console would wrap long paths inside the JSON

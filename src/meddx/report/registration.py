@@ -52,7 +52,11 @@ def registration_sections(context: dict[str, Any]) -> list[Any]:
     from meddx.report.page import ReportSection
 
     m = context["registration"]
-    rows = {"learned": m, "identity (no registration)": m.get("identity") or {}}
+    steps = m.get("refine_steps")
+    rows = {f"learned (network + {steps} refinement steps)" if steps else "learned": m}
+    if m.get("network_only"):
+        rows["network alone (no refinement)"] = m["network_only"]
+    rows["identity (no registration)"] = m.get("identity") or {}
     note = ("Dice/HD95 of the warped moving labels against the fixed labels (mean over the structures a pair holds, "
             "then over pairs); TRE: distance between each moving landmark and where the field maps its fixed "
             f"partner; folding: % voxels with det J ≤ 0. Brackets: 95% bootstrap intervals over the {m['n']} pairs.")

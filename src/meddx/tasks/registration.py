@@ -5,6 +5,10 @@ cross-correlation; ``mi``: global mutual information, for pairs of different mod
 regularisation of the field + Dice of the warped moving labels against the fixed labels (weak supervision,
 when the data has labels). Warping is MONAI's ``Warp`` (``warped(x) = moving(x + ddf(x))``, voxels).
 Metrics: Dice/HD95 per structure, TRE (mm), folding %, SD log det J, s/pair (:mod:`meddx.metrics.registration`).
+
+Inference finishes with instance optimisation (:mod:`meddx.models.registration_refine`): the network's field
+refined on the pair itself by a few Adam steps on the training similarity (LNCC) + diffusion, with the settings
+in :data:`REFINE` (chosen on validation pairs; ``refine_steps=0`` gives the network's field alone).
 """
 
 from __future__ import annotations
@@ -21,11 +25,16 @@ import torch.nn.functional as F
 from meddx.data.augment import AugmentPolicy, Normalization
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
-from meddx.models.registration_nets import warp, warp_labels
+from meddx.models.registration_nets import diffusion_loss, warp, warp_labels
 from meddx.tasks.base import EvalRequest
 
 SIMILARITIES = ("lncc", "mi", "mse")
 REG_WEIGHT, DICE_WEIGHT = 1.0, 1.0  # diffusion regulariser and label Dice weights beside the similarity
+# instance optimisation per spatial dimensionality: Adam steps, learning rate (voxels), diffusion weight and the
+# coarseness of the correction grid; chosen on the phantom's validation pairs (benchmarks/RESULTS.md). Only for
+# LNCC: with mutual information the refinement was not validated (it diverged on the phantom), so it is off.
+REFINE = {2: {"steps": 50, "lr": 1.0, "reg_weight": 0.3, "grid": 4},
+          3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4}}
 
 
 class RegistrationTask:
@@ -37,13 +46,17 @@ class RegistrationTask:
     is_classifier = False
 
     def __init__(self, num_structures: int, image_shape: tuple[int, ...], spacing: tuple[float, ...] | None = None,
-                 similarity: str = "lncc") -> None:
+                 similarity: str = "lncc", refine_steps: int | None = None) -> None:
         if similarity not in SIMILARITIES:
             raise MeddxError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
         self.num_structures = num_structures
         self.image_shape = tuple(int(s) for s in image_shape)
         self.spacing = tuple(float(s) for s in spacing) if spacing else None
         self.similarity = similarity
+        default = REFINE[len(self.image_shape)]["steps"] if similarity == "lncc" else 0
+        self.refine_steps = default if refine_steps is None else int(refine_steps)
+        if self.refine_steps < 0:
+            raise MeddxError(f"refine steps must be >= 0, got {refine_steps}")
         self._losses: dict[str, Any] = {}
 
     @classmethod
@@ -75,24 +88,24 @@ class RegistrationTask:
     def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
                    policy: AugmentPolicy | None,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised (fixed, moving) pairs and their (fixed, moving) label maps. No augmentation: the pairs are
-        already random deformations, and a shared affine would not change what is to be learned."""
-        x = normalize(split.images[idx].to(device, non_blocking=True))
-        return x, split.labels[idx].to(device, non_blocking=True).long()
+        """Normalised (fixed, moving) pairs and their (fixed, moving) label maps; with an augmentation ``policy``
+        (``--augment auto``, the default), the pairs under fresh random deformations
+        (:mod:`meddx.data.registration_augment`: a few hundred stored pairs are over-fitted otherwise)."""
+        images, labels = split.images[idx].to(device, non_blocking=True), split.labels[idx].to(device).long()
+        if policy is not None:
+            from meddx.data.registration_augment import augment_pairs
+
+            images, labels = augment_pairs(images, labels, generator)
+        return normalize(images), labels
 
     def _loss(self, key: str) -> Any:
         if key not in self._losses:
-            from monai.losses import (
-                DiceLoss,
-                DiffusionLoss,
-                GlobalMutualInformationLoss,
-                LocalNormalizedCrossCorrelationLoss,
-            )
+            from monai.losses import DiceLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
 
             make = {"lncc": lambda: LocalNormalizedCrossCorrelationLoss(
                         spatial_dims=self.spatial_dims, kernel_size=7 if self.spatial_dims == 2 else 5),
                     "mi": lambda: GlobalMutualInformationLoss(num_bins=32),
-                    "mse": nn.MSELoss, "diffusion": DiffusionLoss,
+                    "mse": nn.MSELoss, "diffusion": lambda: diffusion_loss,
                     "dice": lambda: DiceLoss(include_background=False)}
             self._losses[key] = make[key]()
         return self._losses[key]
@@ -110,19 +123,33 @@ class RegistrationTask:
 
     @torch.no_grad()
     def predict_fields(self, model: nn.Module, images: torch.Tensor, normalize: Normalization, *,
-                       device: torch.device | str = "cpu", batch_size: int = 8) -> torch.Tensor:
-        """Displacement fields (N, D, *S) for raw (fixed, moving) pairs (N, 2, *S), on the CPU."""
+                       device: torch.device | str = "cpu", batch_size: int = 8,
+                       refine_steps: int | None = None) -> torch.Tensor:
+        """Displacement fields (N, D, *S) for raw (fixed, moving) pairs (N, 2, *S), on the CPU: the network's,
+        refined on each pair by ``refine_steps`` (default: the task's) steps of instance optimisation."""
         model.eval()
         per = max(1, batch_size if self.spatial_dims == 2 else 1)
-        out = [model(normalize(images[i:i + per].to(device))).float().cpu() for i in range(0, len(images), per)]
+        steps = self.refine_steps if refine_steps is None else refine_steps
+        out = [self._field(model, normalize(images[i:i + per].to(device)), steps).float().cpu()
+               for i in range(0, len(images), per)]
         return torch.cat(out) if out else torch.zeros((0, self.spatial_dims, *images.shape[2:]))
+
+    def _field(self, model: nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
+        from meddx.models.registration_refine import refine_field
+
+        ddf = model(x)
+        if steps <= 0:
+            return ddf
+        settings = REFINE[self.spatial_dims] | {"steps": steps}
+        return refine_field(x[:, :1], x[:, 1:2], ddf.float(), self._loss(self.similarity), **settings)
 
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]:
         """Mean structure Dice of the warped moving labels (monitored) and the similarity loss."""
         from meddx.metrics.segmentation import mean_dice
 
-        ddf = self.predict_fields(model, split.images, normalize, device=device, batch_size=batch_size)
+        ddf = self.predict_fields(model, split.images, normalize, device=device, batch_size=batch_size,
+                                  refine_steps=0)  # the network alone: what training changes
         x = normalize(split.images)
         sim = float(self._loss(self.similarity)(warp(x[:, 1:2], ddf), x[:, :1]))
         warped = warp_labels(split.labels[:, 1].long(), ddf)
@@ -144,7 +171,16 @@ class RegistrationTask:
                                request.n_bootstrap, per_pair)
         identity = score_fields(split, [None] * len(split), request.class_names, self.spacing, landmarks,
                                 request.n_bootstrap, None)
-        metrics["identity"] = {k: identity.get(k) for k in ("dice", "dice_ci", "hd95", "tre_mm", "tre_mm_ci")}
+        keep = ("dice", "dice_ci", "hd95", "tre_mm", "tre_mm_ci", "folding_pct", "sdlogj", "seconds_per_pair")
+        metrics["identity"] = {k: identity.get(k) for k in keep[:5]}
+        if self.refine_steps:  # the network's field alone, to show what the instance optimisation adds
+            tic = time.perf_counter()
+            net = self.predict_fields(model, split.images, request.normalize, device=request.device,
+                                      batch_size=request.batch_size, refine_steps=0)
+            net_only = score_fields(split, [d.numpy() for d in net], request.class_names, self.spacing, landmarks,
+                                    request.n_bootstrap, (time.perf_counter() - tic) / max(len(split), 1))
+            metrics["network_only"] = {k: net_only.get(k) for k in keep}
+        metrics["refine_steps"] = self.refine_steps
         metrics["similarity"] = self.similarity
         metrics["headline"] = headline(metrics)
         if request.out_dir is not None:
