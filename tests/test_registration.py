@@ -124,7 +124,10 @@ def test_one_epoch_end_to_end(tmp_path, shape):
     for key in ("dice", "hd95", "tre_mm", "folding_pct", "sdlogj", "seconds_per_pair"):
         assert np.isfinite(m[key]), key
     assert m["identity"]["dice"] is not None and len(m["per_structure"]) == 4
-    assert "Registration results" in (run.path / "report.html").read_text()
+    html = (run.path / "report.html").read_text()
+    assert "Registration results" in html and "network alone (no refinement)" in html
+    assert "ROC curves" not in html and "Calibration" not in html  # classifier sections stay out
+    assert m["network_only"]["dice"] is not None and m["refine_steps"] > 0
     npz = np.load(run.path / "registration_test.npz", allow_pickle=False)
     assert npz["ddf"].shape == (2, len(shape), *shape)
 
@@ -190,3 +193,4 @@ def test_grid_warp_equals_monai_warp(shape):
     fast = GridWarp(tuple(shape[2:]))
     for mode in ("bilinear", "nearest"):
         assert torch.allclose(fast(image, ddf, mode), warp(image, ddf, mode), atol=1e-5)
+

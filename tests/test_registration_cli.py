@@ -85,9 +85,17 @@ def test_learned_through_register_and_predict(tmp_path, pair2d):
     data = load_phantom_pairs((32, 32), splits={"train": 4, "val": 2, "test": 2})
     run = fit(TrainConfig(data="phantom", task="registration", epochs=1, batch_size=2, out=str(tmp_path),
                           name="r", progress=False), data=data)
-    res = runner.invoke(app, ["register", str(run.path), str(pair2d / "f.png"), str(pair2d / "m.png"),
-                              "--out", str(tmp_path / "o")])
+    args = ["register", str(run.path), str(pair2d / "f.png"), str(pair2d / "m.png"), "--out", str(tmp_path / "o"),
+            "--landmarks", str(pair2d / "lm.csv")]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert _json(res.output)["method"] == "learned"
+    refined = _json(res.output)
+    assert refined["method"] == "learned"
+    # a 1-epoch network barely moves; the instance optimisation after it finds the 3-pixel shift
+    assert refined["tre_mm"] < 0.5 * refined["tre_mm_before"], refined
+    alone = _json(runner.invoke(app, [*args, "--refine-steps", "0"]).output)
+    assert alone["tre_mm"] > refined["tre_mm"] + 1.0, (alone, refined)
+    res = runner.invoke(app, [*args, "--refine-steps", "-1"])
+    assert res.exit_code != 0 and res.output.strip().startswith("error:") and "refine steps" in res.output
     out = Predictor(run.path).predict_files([pair2d / "f.png", pair2d / "m.png"], tmp_path / "p")
     assert (tmp_path / "p" / "m_ddf.nii.gz").is_file() and out[0]["warped"].endswith("m_warped.png")

@@ -20,13 +20,17 @@ class RegistrationNet(nn.Module):
     def __init__(self, backbone: nn.Module, spatial_dims: int, integrate: bool = True, multiple: int = 8,
                  steps: int = 7, half_res: bool = False) -> None:
         super().__init__()
+        import warnings
+
         from monai.networks.blocks import DVF2DDF
 
         self.backbone = backbone
         self.spatial_dims = spatial_dims
         self.half_res = half_res  # VoxelMorph's option: the field at half resolution, upsampled (4-8x cheaper)
         self.multiple = multiple * (2 if half_res else 1)
-        self.integrate = DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border") if integrate else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Using PyTorch native grid_sample": informational, printed to users
+            self.integrate = DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border") if integrate else None
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         spatial = pair.shape[2:]

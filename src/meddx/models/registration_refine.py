@@ -26,10 +26,12 @@ class GridWarp:
     """``image(x + ddf(x))`` for one grid, as MONAI's ``Warp(mode, padding_mode="border")`` computes it
     (``grid_sample`` with ``align_corners=True``; equality tested), with the reference grid built once."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
         nd = len(shape)
-        mesh = torch.meshgrid(*[torch.arange(s, dtype=dtype) for s in shape], indexing="ij")
-        scale = torch.tensor([2.0 / max(s - 1, 1) for s in shape], dtype=dtype).view(1, nd, *([1] * nd))
+        mesh = torch.meshgrid(*[torch.arange(s, dtype=dtype, device=device) for s in shape], indexing="ij")
+        scale = torch.tensor([2.0 / max(s - 1, 1) for s in shape], dtype=dtype, device=device)
+        scale = scale.view(1, nd, *([1] * nd))
         self.base, self.scale = torch.stack(mesh)[None] * scale - 1, scale  # normalised voxel positions
 
     def __call__(self, image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -48,10 +50,10 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, s
     spatial = ddf.shape[2:]
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
     coarse = [max(1, s // grid) for s in spatial]
-    u = torch.zeros((ddf.shape[0], ddf.shape[1], *coarse), dtype=ddf.dtype, requires_grad=True)
+    u = torch.zeros((ddf.shape[0], ddf.shape[1], *coarse), dtype=ddf.dtype, device=ddf.device, requires_grad=True)
     opt = torch.optim.Adam([u], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # large early steps, a settled field at the end
-    base, warp = ddf.detach(), GridWarp(tuple(spatial), ddf.dtype)
+    base, warp = ddf.detach(), GridWarp(tuple(spatial), ddf.dtype, ddf.device)
     with torch.enable_grad():
         for _ in range(steps):
             field = base + F.interpolate(u, size=spatial, mode=mode, align_corners=False)

@@ -358,11 +358,11 @@ def render_report(
             thresholds_section(metrics) if classification else "",
             _per_class_table(metrics) if classification else "",
             _confusion_section(metrics, names),
-            _roc_section(metrics, names),
-            _calibration_section(metrics),
+            _roc_section(metrics, names) if classification else "",
+            _calibration_section(metrics) if classification else "",
             history_section(history),
             extra,
-            _how_to_read(),
+            _how_to_read() if classification else "",
             footer(run_info),
         ]
     )

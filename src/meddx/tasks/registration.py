@@ -171,8 +171,9 @@ class RegistrationTask:
                                request.n_bootstrap, per_pair)
         identity = score_fields(split, [None] * len(split), request.class_names, self.spacing, landmarks,
                                 request.n_bootstrap, None)
-        keep = ("dice", "dice_ci", "hd95", "tre_mm", "tre_mm_ci", "folding_pct", "sdlogj", "seconds_per_pair")
-        metrics["identity"] = {k: identity.get(k) for k in keep[:5]}
+        keep = ("dice", "dice_ci", "hd95", "hd95_ci", "tre_mm", "tre_mm_ci", "folding_pct", "folding_pct_ci", "sdlogj",
+                "sdlogj_ci", "seconds_per_pair")
+        metrics["identity"] = {k: identity.get(k) for k in ("dice", "dice_ci", "hd95", "tre_mm", "tre_mm_ci")}
         if self.refine_steps:  # the network's field alone, to show what the instance optimisation adds
             tic = time.perf_counter()
             net = self.predict_fields(model, split.images, request.normalize, device=request.device,
