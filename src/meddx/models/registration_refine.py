@@ -64,3 +64,66 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, s
             sched.step()
     with torch.no_grad():
         return base + F.interpolate(u, size=spatial, mode=mode, align_corners=False)
+
+
+def affine_field(fixed: torch.Tensor, moving: torch.Tensor, similarity: Callable, *, steps: int = 0,
+                 shrink: int = 4, lr: float = 0.05) -> torch.Tensor:
+    """An affine pre-alignment (N, D, *S) in voxels, ``a(x) = (M - I)(x - c) + t``: the translation between the
+    images' centres of intensity mass (SimpleITK's MOMENTS initialiser), kept per pair only where it makes the
+    images more alike than no shift at all (a different field of view moves the centre of mass without any
+    motion); then ``steps`` Adam steps on matrix and translation. Similarity is measured on both images averaged
+    ``shrink`` times: cheap, and it sees shifts of many voxels that a network trained on small motions and a
+    local similarity cannot (a 13 x 17 pixel shift of the ITK brain slice: TRE 21.4 -> 21.1 mm without, 0.1 mm
+    with)."""
+    nd = fixed.ndim - 2
+    spatial = tuple(fixed.shape[2:])
+    opts = {"dtype": fixed.dtype, "device": fixed.device}
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, **opts) for s in spatial], indexing="ij"))
+    centre = torch.tensor([(s - 1) / 2 for s in spatial], **opts)
+    pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+    f, m = pool(fixed, shrink), pool(moving, shrink)
+    small = tuple(f.shape[2:])
+    coarse = torch.stack(torch.meshgrid(*[(torch.arange(s, **opts) + 0.5) * shrink - 0.5 for s in small],
+                                        indexing="ij"))  # coarse voxel centres in full-resolution voxels
+    warp = GridWarp(small, f.dtype, f.device)
+    mat = torch.zeros((fixed.shape[0], nd, nd), **opts)
+
+    def loss_per_pair(mat: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        moved = warp(m, _affine(mat, shift, coarse, centre) / shrink)
+        return torch.stack([similarity(moved[i:i + 1], f[i:i + 1]) for i in range(len(f))])
+
+    shift = _centre_of_mass(moving, grid) - _centre_of_mass(fixed, grid)  # (N, D)
+    with torch.no_grad():
+        better = loss_per_pair(mat, shift) < loss_per_pair(mat, torch.zeros_like(shift))
+    shift = torch.where(better[:, None], shift, torch.zeros_like(shift)).requires_grad_(True)
+    mat.requires_grad_(True)
+    if steps > 0:
+        opt = torch.optim.Adam([{"params": [mat], "lr": lr * 0.1}, {"params": [shift], "lr": lr * shrink}])
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = loss_per_pair(mat, shift).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    with torch.no_grad():
+        return _affine(mat, shift, grid, centre)
+
+
+def _affine(mat: torch.Tensor, shift: torch.Tensor, grid: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``(M - I)(x - c) + t`` at every position of ``grid`` (D, *S), for a batch of ``mat`` (N, D, D) = M - I."""
+    nd = grid.shape[0]
+    rel = grid - centre.view(nd, *([1] * nd))
+    return torch.einsum("nij,j...->ni...", mat, rel) + shift.view(*shift.shape, *([1] * nd))
+
+
+def _centre_of_mass(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    weight = image[:, 0] - image[:, 0].flatten(1).min(1).values.view(-1, *([1] * (image.ndim - 2)))
+    total = weight.flatten(1).sum(1).clamp_min(1e-8)
+    return torch.stack([(weight * g).flatten(1).sum(1) / total for g in grid], 1)
+
+
+def compose_after_affine(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """The field of ``moving(y + a(y))`` at ``y = x + ddf(x)``: a network's field ``ddf``, found on the moving
+    image pre-aligned by the affine field ``a``, composed with ``a`` (sampled at ``x + ddf(x)``, edge values
+    outside the image)."""
+    return ddf + GridWarp(tuple(ddf.shape[2:]), ddf.dtype, ddf.device)(affine, ddf)

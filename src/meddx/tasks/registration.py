@@ -33,8 +33,11 @@ REG_WEIGHT, DICE_WEIGHT = 1.0, 1.0  # diffusion regulariser and label Dice weigh
 # instance optimisation per spatial dimensionality: Adam steps, learning rate (voxels), diffusion weight and the
 # coarseness of the correction grid; chosen on the phantom's validation pairs (benchmarks/RESULTS.md). Only for
 # LNCC: with mutual information the refinement was not validated (it diverged on the phantom), so it is off.
-REFINE = {2: {"steps": 50, "lr": 1.0, "reg_weight": 0.3, "grid": 4},
-          3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4}}
+# ``affine``: the pre-alignment before the network (``meddx.models.registration_refine.affine_field``): None
+# (off), or the number of Adam steps on the affine map after the centre-of-mass translation (0: translation only;
+# 10-30 steps gave no better Dice on the phantom's validation pairs and cost time).
+REFINE = {2: {"steps": 50, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0},
+          3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0}}
 
 
 class RegistrationTask:
@@ -135,13 +138,20 @@ class RegistrationTask:
         return torch.cat(out) if out else torch.zeros((0, self.spatial_dims, *images.shape[2:]))
 
     def _field(self, model: nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
-        from meddx.models.registration_refine import refine_field
+        from meddx.models.registration_refine import GridWarp, affine_field, compose_after_affine, refine_field
 
-        ddf = model(x)
         if steps <= 0:
-            return ddf
+            return model(x)
         settings = REFINE[self.spatial_dims] | {"steps": steps}
-        return refine_field(x[:, :1], x[:, 1:2], ddf.float(), self._loss(self.similarity), **settings)
+        fixed, moving, sim = x[:, :1], x[:, 1:2], self._loss(self.similarity)
+        affine_steps = settings.pop("affine")
+        if affine_steps is not None:
+            affine = affine_field(fixed, moving, sim, steps=affine_steps)
+            aligned = GridWarp(tuple(x.shape[2:]), x.dtype, x.device)(moving, affine)
+            ddf = compose_after_affine(model(torch.cat([fixed, aligned], 1)).float(), affine)
+        else:
+            ddf = model(x).float()
+        return refine_field(fixed, moving, ddf, sim, **settings)
 
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]:
