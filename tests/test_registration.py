@@ -194,3 +194,20 @@ def test_grid_warp_equals_monai_warp(shape):
     for mode in ("bilinear", "nearest"):
         assert torch.allclose(fast(image, ddf, mode), warp(image, ddf, mode), atol=1e-5)
 
+
+
+def test_affine_pre_alignment_finds_a_large_shift_and_refuses_a_misleading_one():
+    """A blob shifted by (8, -6) px: the centre-of-mass translation recovers it (a network trained on small
+    motions and a 7-pixel LNCC window would not). A second blob only in the moving image moves the centre of
+    mass without any motion: that shift makes the pair less alike and is not kept."""
+    from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+    from meddx.models.registration_refine import affine_field, compose_after_affine
+
+    sim = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=7)
+    fixed, moving = _blob((48, 48), (20.0, 24.0)), _blob((48, 48), (28.0, 18.0))
+    a = affine_field(fixed, moving, sim)
+    assert abs(float(a[0, 0, 20, 24]) - 8) < 0.5 and abs(float(a[0, 1, 20, 24]) + 6) < 0.5
+    assert torch.equal(compose_after_affine(torch.zeros_like(a), a), a)
+    distractor = fixed + 3 * _blob((48, 48), (44.0, 44.0))
+    assert float(affine_field(fixed, distractor, sim).abs().max()) == 0.0
