@@ -7,7 +7,8 @@ few dozen Adam steps on the pair itself, starting from the network's field. That
 ``u`` on a grid ``grid`` times coarser than the image (a smooth correction, like a B-spline's control grid, and
 ``grid**D`` times fewer unknowns) is upsampled, added to the network's field and optimised on the image
 similarity the network was trained with plus diffusion regularisation of the whole field. The labels of the
-fixed image are never used here (they are unknown at inference).
+fixed image are never used here (they are unknown at inference). Before the network, :func:`affine_field` gives a
+pre-alignment (centre-of-mass translation, optionally affine steps) for shifts larger than the network learned.
 
 Written by hand: MONAI has the losses and ``Warp`` but no test-time optimisation loop; and the loop warps with
 :class:`GridWarp`, not MONAI's ``Warp``, which rebuilds its reference grid per module and reorders the axes
