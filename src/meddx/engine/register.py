@@ -27,8 +27,6 @@ def learned_field(run: str | Path, fixed: np.ndarray, moving: np.ndarray, device
         raise MeddxError(f"run is a {task.name} run, not a registration run", run)
     task.check_dims(fixed.ndim, run)
     pair = torch.from_numpy(np.stack([fixed, moving]))[None]
-    if refine_steps is not None and refine_steps < 0:
-        raise MeddxError(f"refine steps must be >= 0, got {refine_steps}")
     return task.predict_fields(rt.model, pair, rt.norm, device=rt.device, refine_steps=refine_steps)[0].numpy()
 
 

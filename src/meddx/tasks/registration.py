@@ -57,9 +57,7 @@ class RegistrationTask:
         self.spacing = tuple(float(s) for s in spacing) if spacing else None
         self.similarity = similarity
         default = REFINE[len(self.image_shape)]["steps"] if similarity == "lncc" else 0
-        self.refine_steps = default if refine_steps is None else int(refine_steps)
-        if self.refine_steps < 0:
-            raise MeddxError(f"refine steps must be >= 0, got {refine_steps}")
+        self.refine_steps = default if refine_steps is None else checked_steps(refine_steps)
         self._losses: dict[str, Any] = {}
 
     @classmethod
@@ -132,7 +130,7 @@ class RegistrationTask:
         refined on each pair by ``refine_steps`` (default: the task's) steps of instance optimisation."""
         model.eval()
         per = max(1, batch_size if self.spatial_dims == 2 else 1)
-        steps = self.refine_steps if refine_steps is None else refine_steps
+        steps = self.refine_steps if refine_steps is None else checked_steps(refine_steps)
         out = [self._field(model, normalize(images[i:i + per].to(device)), steps).float().cpu()
                for i in range(0, len(images), per)]
         return torch.cat(out) if out else torch.zeros((0, self.spatial_dims, *images.shape[2:]))
@@ -232,6 +230,13 @@ class RegistrationTask:
     def check_dims(self, ndim: int, where: Any) -> None:
         if ndim != self.spatial_dims:
             raise MeddxError(f"this model registers {self.spatial_dims}D images; got {ndim}D", where)
+
+
+def checked_steps(value: int) -> int:
+    """A refinement step count, or a one-line error for a negative one."""
+    if int(value) < 0:
+        raise MeddxError(f"refine steps must be >= 0, got {value}")
+    return int(value)
 
 
 def score_fields(split: Split, ddfs: list[np.ndarray | None], class_names: list[str],
