@@ -170,7 +170,7 @@ def test_refinement_finds_a_shift_the_start_field_missed():
 
 def test_augmented_pairs_are_new_deterministic_and_keep_labels():
     from meddx.data.registration import load_phantom_pairs
-    from meddx.data.registration_augment import augment_pairs
+    from meddx.tasks.registration_augment import augment_pairs
 
     split = load_phantom_pairs((32, 32), splits={"train": 3, "val": 1, "test": 1}).train
     images, labels = split.images, split.labels.long()

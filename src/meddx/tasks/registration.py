@@ -91,10 +91,10 @@ class RegistrationTask:
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (fixed, moving) pairs and their (fixed, moving) label maps; with an augmentation ``policy``
         (``--augment auto``, the default), the pairs under fresh random deformations
-        (:mod:`meddx.data.registration_augment`: a few hundred stored pairs are over-fitted otherwise)."""
+        (:mod:`meddx.tasks.registration_augment`: a few hundred stored pairs are over-fitted otherwise)."""
         images, labels = split.images[idx].to(device, non_blocking=True), split.labels[idx].to(device).long()
         if policy is not None:
-            from meddx.data.registration_augment import augment_pairs
+            from meddx.tasks.registration_augment import augment_pairs
 
             images, labels = augment_pairs(images, labels, generator)
         return normalize(images), labels

@@ -7,7 +7,9 @@ motion) and (2) the fixed image by a second, smaller field ``b`` (new relative m
 fields (nearest neighbour). No true field is needed: the losses are similarity, regularisation and label Dice.
 
 The fields come from :func:`meddx.data.registration_pairs.safe_field` (smooth random part + small affine map,
-never folding), the generator of the stored pairs, seeded from the engine's torch generator.
+never folding), the generator of the stored pairs, seeded from the engine's torch generator; they are applied
+with the task's warp (:mod:`meddx.models.registration_nets`), which is why this lives beside the task and not in
+``meddx.data`` (the data layer does not import the models).
 """
 
 from __future__ import annotations
