@@ -118,6 +118,17 @@ def test_schedule_scales_with_training_set_size():
     assert recipe.budget_seconds(4, 2) == 240
 
 
+def test_a_task_can_plan_its_schedule_in_steps_and_minutes():
+    from meddx.tasks.reconstruction import ReconstructionTask
+
+    ct, mri = ReconstructionTask("lowdose", (128, 128)), ReconstructionTask("mri4x", (128, 128))
+    assert recipe.planned_epochs(98, 2, 16, ct.default_steps) == 1000  # 6 steps an epoch: 6000 steps
+    assert recipe.planned_epochs(131, 2, 8, mri.default_steps) == 250
+    assert recipe.planned_epochs(1000, 2, 32, None) == recipe.auto_epochs(1000)  # the classifiers' rule
+    assert recipe.budget_seconds(None, 2, ct.default_minutes) == 900  # the task's budget for 2D too
+    assert recipe.budget_seconds(5, 2, ct.default_minutes) == 300  # --max-minutes wins
+
+
 def test_budget_planner_fits_the_schedule_from_the_first_steps(monkeypatch):
     clock = {"t": 100.0}
     monkeypatch.setattr(recipe.time, "time", lambda: clock["t"])

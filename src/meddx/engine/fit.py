@@ -166,7 +166,8 @@ def build_training(cfg: TrainConfig, data: DataBundle, task: Any, device: torch.
         raise MeddxError(f"unknown augmentation policy {cfg.augment!r}; available: auto, {', '.join(POLICIES)}")
     if cfg.augment == "auto" and policy is not None:
         policy = policy.scaled(recipe.augment_strength(len(data.train)))
-    epochs = cfg.epochs or recipe.auto_epochs(len(data.train), data.spatial_dims)
+    epochs = cfg.epochs or recipe.planned_epochs(len(data.train), data.spatial_dims, cfg.batch_size,
+                                                 task.default_steps)
     model = create_model(cfg.model, data.in_channels, task.num_outputs, data.image_size[0], data.spatial_dims)
     if cfg.pretrained and pretrained:
         load_pretrained(model, cfg.pretrained, get_model_spec(cfg.model).head)
@@ -233,7 +234,7 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
     patience = cfg.patience or math.inf
     start = progress.start_epoch
     with EpochProgress(training.epochs, training.steps, enabled=cfg.progress, console=console) as bar:
-        planner = time_budget(cfg, data, training, bar, progress.start_epoch)
+        planner = time_budget(cfg, data, training, bar, progress.start_epoch, task.default_minutes)
         settings = EpochSettings(training.norm, cfg.batch_size, cfg.eval_batch_size, training.device,
                                  training.policy, cfg.amp, _both(bar.step, planner and planner.on_step), training.ema)
         epoch = start
@@ -263,10 +264,10 @@ def train_epochs(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, tra
 
 
 def time_budget(cfg: TrainConfig, data: DataBundle, training: Training, bar: Any,
-                start: int = 0) -> recipe.BudgetPlanner | None:
+                start: int = 0, task_minutes: float | None = None) -> recipe.BudgetPlanner | None:
     """The planner that fits the schedule to ``--max-minutes`` (or, for the automatic schedule, the default
     budget: :func:`meddx.engine.recipe.budget_seconds`); None when neither applies."""
-    budget = recipe.budget_seconds(cfg.max_minutes, data.spatial_dims)
+    budget = recipe.budget_seconds(cfg.max_minutes, data.spatial_dims, task_minutes)
     if budget is None or (not cfg.max_minutes and cfg.epochs):
         return None
     planner = recipe.BudgetPlanner(budget, training.steps,

@@ -51,6 +51,14 @@ def auto_epochs(n_train: int, spatial_dims: int = 2) -> int:
     return int(min(hi, max(lo, round(VISITS.get(spatial_dims, VISITS[3]) / max(n_train, 1)))))
 
 
+def planned_epochs(n_train: int, spatial_dims: int, batch_size: int, task_steps: int | None) -> int:
+    """The automatic epoch count: enough epochs for the task's ``default_steps`` optimiser steps when it
+    declares them (reconstruction trains on random patches: its epochs are short), else :func:`auto_epochs`."""
+    if task_steps:
+        return max(1, math.ceil(task_steps / max(1, n_train // batch_size)))
+    return auto_epochs(n_train, spatial_dims)
+
+
 def auto_label_smoothing(kind: str) -> float:
     """0.1 for single-label kinds (softmax); none for multi-label (per-label sigmoids)."""
     return 0.0 if kind == MULTI_LABEL else LABEL_SMOOTHING
@@ -68,9 +76,10 @@ def tail_start(epochs: int) -> int:
     return max(0, epochs - max(1, math.ceil(TAIL_FRACTION * epochs)))
 
 
-def budget_seconds(max_minutes: float | None, spatial_dims: int) -> float | None:
-    """``--max-minutes`` in seconds, or the default budget (volumes: 15 min; 2D: none)."""
-    minutes = max_minutes or DEFAULT_MINUTES.get(spatial_dims)
+def budget_seconds(max_minutes: float | None, spatial_dims: int, task_minutes: float | None = None) -> float | None:
+    """``--max-minutes`` in seconds, or the default budget: the task's ``default_minutes``, else by spatial
+    dimensions (volumes: 15 min; 2D: none)."""
+    minutes = max_minutes or task_minutes or DEFAULT_MINUTES.get(spatial_dims)
     return 60.0 * minutes if minutes else None
 
 

@@ -43,7 +43,9 @@ class Task(Protocol):
     """What the engine needs from a task; one small file per task implements all of it (no optional methods).
 
     Building: ``from_config(cfg, data)`` for training, ``from_meta(meta)`` from a checkpoint's metadata.
-    Defaults: ``default_model`` (``None``: the registry's default classifier) and ``default_batch_size``.
+    Defaults: ``default_model`` (``None``: the registry's default classifier), ``default_batch_size``, and the
+    automatic schedule's ``default_steps`` (optimiser steps planned) and ``default_minutes`` (its time budget);
+    ``None`` for either: the recipe's rule (sample visits by set size; 15 min for volumes).
     Training: ``make_batch`` (images + targets of one batch, normalised and augmented together) and
     ``training_loss(model, x, y)``.
     Validation: ``validate`` (the metrics the loop monitors; ``monitor`` names the one to maximise).
@@ -60,6 +62,8 @@ class Task(Protocol):
     is_classifier: bool
     default_model: str | None
     default_batch_size: int
+    default_steps: int | None
+    default_minutes: float | None
 
     @classmethod
     def from_config(cls, cfg: Any, data: Any) -> Task: ...

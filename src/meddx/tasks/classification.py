@@ -27,6 +27,8 @@ class ClassificationTask:
     monitor = "auc"
     is_classifier = True
     default_model = None  # the registry's default network
+    default_steps = None  # the recipe's schedule (meddx.engine.recipe)
+    default_minutes = None
     default_batch_size = 128
 
     def __init__(self, kind: str, num_classes: int, class_weights: torch.Tensor | None = None,

@@ -44,6 +44,8 @@ class DetectionTask:
 
     name = "detection"
     default_model = "centernet_slim"
+    default_steps = None  # the recipe's schedule (meddx.engine.recipe)
+    default_minutes = None
     is_classifier = False
 
     def __init__(self, num_classes: int, spatial_dims: int = 2, max_detections: int = 100,

@@ -46,6 +46,8 @@ class RegistrationTask:
     name = "registration"
     monitor = "dice"
     default_model = "regunet_svf"
+    default_steps = None  # the recipe's schedule (meddx.engine.recipe)
+    default_minutes = None
     is_classifier = False
 
     def __init__(self, num_structures: int, image_shape: tuple[int, ...], spacing: tuple[float, ...] | None = None,

@@ -67,6 +67,8 @@ class SegmentationTask:
     name = "segmentation"
     monitor = "dice"
     default_model = "unet"
+    default_steps = None  # the recipe's schedule (meddx.engine.recipe)
+    default_minutes = None
     is_classifier = False
 
     def __init__(self, num_classes: int, image_shape: tuple[int, ...], patch: tuple[int, ...] | None = None,

@@ -1,0 +1,70 @@
+"""More training inputs for reconstruction: every training slice degraded several times, physically.
+
+One stored degradation per slice lets a network learn that slice's noise (about 100 real CT slices here), and a
+single dose teaches it a single noise level: trained on the head CT (1.9 mm pixels, noise SD ~75 HU at the
+reference dose) it was worse than non-local means on abdominal slices, whose longer paths through the body give
+noise SD ~125 HU at the same photon count. So the training split is degraded ``K`` times (``variant_count``):
+
+* variant 0 is the stored pair (the nominal degradation, as validation and testing see it);
+* variant ``k`` first turns the clean slice by the ``k``-th of the 8 flips/quarter turns (exact, no resampling:
+  the noise is simulated afterwards, so its texture stays the scanner's), then degrades it with its own seed;
+* low-dose CT also draws a patient size for ``k >= 1``: the slice's pixel size times a log-uniform factor in
+  ``PIXEL_SCALE`` (a larger body: longer paths, fewer photons, stronger and more streaky noise, as a real
+  scanner sees it), and a dose factor in ``PHOTON_SCALE`` around the degradation's photon count.
+
+The network is then trained on all noise levels between the smallest head and a large abdomen: a "blind"
+denoiser, as DnCNN-B is for Gaussian noise (Zhang et al. 2017). Only training inputs change; the clean targets
+turn with them. Deterministic: seeds come from each slice's id and ``k``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_VARIANTS = 8
+SLICE_VISITS = 1000  # K is chosen so that K x slices is about this (2-8): ~100-200 s of FBP on one core
+PIXEL_SCALE = (0.8, 2.5)
+PHOTON_SCALE = (0.5, 2.0)
+
+
+def variant_count(n_slices: int) -> int:
+    """Degradations per training slice: 8 for ~100 slices, fewer for larger sets (at least 2)."""
+    return int(min(MAX_VARIANTS, max(2, SLICE_VISITS // max(n_slices, 1))))
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th (mod 8) of the flips and quarter turns of (N, S, S) square slices."""
+    out = np.rot90(images, k % 4, axes=(-2, -1))
+    return np.ascontiguousarray(out[..., ::-1] if (k % 8) >= 4 else out)
+
+
+def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
+def degrade_variant(task, clean: np.ndarray, ids: list[str], pixel_mm: np.ndarray, k: int) -> np.ndarray:
+    """Model inputs (N, C, S, S) of variant ``k >= 1`` of the already turned clean slices (display units)."""
+    from meddx.data.degrade import image_seed, low_dose_ct
+    from meddx.tasks.reconstruction import HU_SCALE
+
+    d = task.degradation
+    if d.kind != "lowdose":
+        return task.degrade(clean, [f"{i}#variant{k}" for i in ids], pixel_mm)
+    out = np.empty((len(clean), 1, *clean.shape[1:]), np.float32)
+    for n, (img, iid, px) in enumerate(zip(clean, ids, pixel_mm)):
+        seed = image_seed(iid, k)
+        rng = np.random.default_rng(seed)
+        pixel, photons = float(px) * log_uniform(rng, PIXEL_SCALE), d.photons * log_uniform(rng, PHOTON_SCALE)
+        out[n, 0] = low_dose_ct(img, photons, seed, d.views, pixel) / HU_SCALE
+    return out
+
+
+def training_variants(task, clean: np.ndarray, ids: list[str], pixel_mm: np.ndarray, nominal: np.ndarray,
+                      count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs (K, N, C, S, S), clean targets (K, N, S, S)) with variant 0 = ``nominal`` (the stored inputs)."""
+    inputs, targets = [nominal], [clean]
+    for k in range(1, count):
+        turned = dihedral(clean, k)
+        inputs.append(degrade_variant(task, turned, ids, pixel_mm, k))
+        targets.append(turned)
+    return np.stack(inputs), np.stack(targets)
