@@ -3,6 +3,8 @@ for undersampled MRI.
 
 * ``recon_unet``: MONAI ``UNet`` (residual units, 16-128 channels, three stride-2 levels) predicting a
   correction added to its input (FBPConvNet-style post-processing of FBP: Jin et al. 2017).
+* ``recon_unet_nl``: the same, also given the input's measured noise level as a channel (default for low-dose
+  CT, whose training spans many doses and patient sizes).
 * ``dncnn``: DnCNN-style plain residual CNN (Zhang et al. 2017), 10 layers of 48 channels: smaller and slower
   to converge, offered as the classic alternative.
 * ``recon_unet_dc``: for MRI; its input has 3 channels (real and imaginary parts of the zero-filled image and
@@ -44,6 +46,34 @@ class ResidualUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :1] + self.head(self.unet(x))
+
+
+NOISE_SCALE = 10.0  # model units are HU / 1000: noise SD 0.05-0.15 becomes a channel of 0.5-1.5
+
+
+def noise_level(x: torch.Tensor) -> torch.Tensor:
+    """Each image's noise SD (N, 1, 1, 1) from its first channel, as scikit-image's ``estimate_sigma`` measures it
+    (Donoho's MAD of the finest diagonal Haar detail, / 0.6745), written in torch so the model carries it (no
+    separate pre-processing at inference). Exact zeros are left out: pixels outside the scanner's field of view
+    are set to air and carry no noise, and a patch near a corner holds more of them than a whole slice."""
+    x = x[:, :1, : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]).abs() / 2
+    hh = torch.where(hh > 0, hh, torch.full_like(hh, float("nan"))).flatten(1)
+    sigma = torch.nan_to_num(hh.nanmedian(dim=1).values, nan=0.0) / 0.6745
+    return sigma.view(-1, 1, 1, 1)
+
+
+class NoiseAwareUNet(ResidualUNet):
+    """:class:`ResidualUNet` given the input's own noise level as an extra constant channel (as FFDNet is given
+    a noise map, Zhang et al. 2018, here measured rather than supplied): one network trained over many doses
+    and patient sizes can then still treat each noise level as its own, where a blind one averages them."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__(in_channels + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = (noise_level(x) * NOISE_SCALE).expand(-1, 1, *x.shape[-2:])
+        return x[:, :1] + self.head(self.unet(torch.cat([x, level], 1)))
 
 
 class DnCNN(nn.Module):
@@ -92,6 +122,11 @@ class UNetDC(nn.Module):
 
 def build_recon_unet(in_channels: int, num_classes: int = 1, input_size: int = 128, spatial_dims: int = 2) -> nn.Module:
     return ResidualUNet(in_channels)
+
+
+def build_recon_unet_nl(in_channels: int, num_classes: int = 1, input_size: int = 128,
+                        spatial_dims: int = 2) -> nn.Module:
+    return NoiseAwareUNet(in_channels)
 
 
 def build_dncnn(in_channels: int, num_classes: int = 1, input_size: int = 128, spatial_dims: int = 2) -> nn.Module:

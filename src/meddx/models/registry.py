@@ -70,6 +70,9 @@ _SPECS = (
               "", "", (2, 3), "detector"),
     ModelSpec("recon_unet", "recon_nets:build_recon_unet", "residual MONAI U-Net 16-128 ch (CT denoising / FBP "
               "post-processing, reconstruction)", "MONAI", "", "", (2,), "reconstructor"),
+    ModelSpec("recon_unet_nl", "recon_nets:build_recon_unet_nl", "recon_unet given the input's measured noise "
+              "level as a channel (low-dose CT over many doses, reconstruction)", "MONAI", "", "", (2,),
+              "reconstructor"),
     ModelSpec("dncnn", "recon_nets:build_dncnn", "DnCNN-style residual CNN, 10 x 48 ch (reconstruction)",
               "torch.nn", "", "", (2,), "reconstructor"),
     ModelSpec("recon_unet_dc", "recon_nets:build_recon_unet_dc", "2 cascades of U-Net + k-space data consistency "

@@ -79,7 +79,8 @@ class ReconstructionTask:
 
     side = property(lambda self: self.image_shape[-1])
     is_mri = property(lambda self: self.degradation.kind == "mri")
-    default_model = property(lambda self: "recon_unet_dc" if self.is_mri else "recon_unet")
+    default_model = property(lambda self: {"mri": "recon_unet_dc", "lowdose": "recon_unet_nl"}.get(
+        self.degradation.kind, "recon_unet"))
     default_batch_size = property(lambda self: 8 if self.is_mri else 16)
     # The automatic schedule in optimiser steps, not sample visits: an epoch is one patch per slice (6 steps for
     # the 98 head-CT slices), so the classifiers' 20-80 epochs were ~500 steps, where validation PSNR still
