@@ -194,7 +194,8 @@ def run_case(case: str, args: argparse.Namespace, classifier: Any) -> tuple[list
     task = task_from_meta(meta)
     label = f"{meta['model']}, {minutes:.1f} min training"
     tasks = [(case, task)]
-    if classifier is not None and dataset == "phantom" and degrade == "lowdose":
+    auc = classifier is not None and dataset == "phantom" and degrade.startswith("lowdose")
+    if auc and degrade == "lowdose":
         tasks.append((f"lowdose1024:{dataset} (same network)", ReconstructionTask("lowdose1024", task.image_shape)))
     summaries, all_rows = [], []
     for name, t in tasks:
@@ -204,7 +205,7 @@ def run_case(case: str, args: argparse.Namespace, classifier: Any) -> tuple[list
             r.update(case=name)
         summary = summarize_case(t.degradation.name, dataset, rows, len(clean), minutes,
                                  inference_time_256(model, t))
-        if len(tasks) > 1:
+        if auc:
             aucs = task_aucs(classifier, data, methods, args)
             for r in rows:
                 r["auc"] = aucs.get(r["method"])

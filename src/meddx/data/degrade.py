@@ -46,6 +46,7 @@ class Degradation:
 DEGRADATIONS: dict[str, Degradation] = {d.name: d for d in (
     Degradation("lowdose", "lowdose", summary="CT at 4096 photons/pixel (LoDoPaB reference dose), 360 views, FBP"),
     Degradation("lowdose1024", "lowdose", photons=1024, summary="CT at 1024 photons/pixel (1/4 reference), FBP"),
+    Degradation("lowdose256", "lowdose", photons=256, summary="CT at 256 photons/pixel (1/16 reference), FBP"),
     Degradation("sparseview", "sparseview", views=60, summary="noiseless CT FBP from 60 of 180 degrees"),
     Degradation("sparseview90", "sparseview", views=90, summary="noiseless CT FBP from 90 views"),
     Degradation("mri4x", "mri", acceleration=4, summary="MRI 4x, equispaced Cartesian mask, 8 % centre, zero-filled"),

@@ -31,7 +31,7 @@ def train(
     ctx: typer.Context,
     data: str = typer.Option("phantom", help="phantom | MedMNIST name | .npz | image folder | CSV manifest"),
     task: str | None = typer.Option(None, help="classification (default) or another registered task"),
-    degrade: str | None = typer.Option(None, help="reconstruction: lowdose | lowdose1024 | sparseview | "
+    degrade: str | None = typer.Option(None, help="reconstruction: lowdose | lowdose1024 | lowdose256 | sparseview | "
                                        "sparseview90 | mri4x | mri8x | mri4x-random"),
     positive_class: str | None = typer.Option(None, help="binary: the finding (class name or id) that "
                                               "sensitivity, PPV and ROC are for; default: the data set's"),

@@ -8,9 +8,11 @@ The data bundle holds clean slices (:mod:`meddx.data.recon_data`); this task deg
 MRI inputs have 3 channels: real and imaginary zero-filled image and the k-space column mask.
 
 Training (the engine's one loop): CT on random ``patch``-sized crops (default 64 px) of input/target pairs,
-MRI on whole slices (the data-consistency step needs the full k-space); L1 loss; no geometric augmentation
-(resampling would change the noise texture the network has to learn). Validation and testing: PSNR/SSIM on
-the fixed intensity range of :mod:`meddx.metrics.image_quality`, the monitored metric is PSNR.
+MRI on whole slices (the data-consistency step needs the full k-space); L1 loss; each training slice degraded
+several times, after exact flips/quarter turns and, for low dose, over a range of patient sizes and doses
+(:mod:`meddx.tasks.reconstruction_augment`; no resampling, which would change the noise texture); the automatic
+schedule counts optimiser steps (``STEPS``). Validation and testing: PSNR/SSIM on the fixed intensity range of
+:mod:`meddx.metrics.image_quality`, the monitored metric is PSNR.
 """
 
 from __future__ import annotations
