@@ -196,13 +196,15 @@ def image_seed(image_id: str, seed: int = 0) -> int:
     return (zlib.crc32(image_id.encode()) + 1_000_003 * seed) % (2 ** 32)
 
 
-def degrade_ct_batch(hu: np.ndarray, degradation: Degradation, seeds: list[int], pixel_mm: np.ndarray
-                     ) -> np.ndarray:
-    """(N, H, W) HU -> degraded FBP HU; image ``i`` uses ``seeds[i]`` and its own pixel size."""
+def degrade_ct_batch(hu: np.ndarray, degradation: Degradation, seeds: list[int], pixel_mm: np.ndarray,
+                     photons: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W) HU -> degraded FBP HU; image ``i`` uses ``seeds[i]``, its own pixel size and (low dose)
+    ``photons[i]`` (default: the degradation's photon count)."""
     out = np.empty(hu.shape, np.float32)
     for i, img in enumerate(hu):
         if degradation.kind == "lowdose":
-            out[i] = low_dose_ct(img, degradation.photons, seeds[i], degradation.views, float(pixel_mm[i]))
+            dose = degradation.photons if photons is None else float(photons[i])
+            out[i] = low_dose_ct(img, dose, seeds[i], degradation.views, float(pixel_mm[i]))
         else:
             out[i] = sparse_view_ct(img, degradation.views, float(pixel_mm[i]))
     return out

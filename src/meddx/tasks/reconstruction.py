@@ -110,13 +110,16 @@ class ReconstructionTask:
             x = np.stack([ct_reference(s) for s in x]) if len(x) else x
         return x.astype(np.float32)
 
-    def degrade(self, clean: np.ndarray, ids: list[str], pixel_mm: np.ndarray) -> np.ndarray:
-        """Display-unit clean slices -> model inputs (N, C, S, S): CT FBP in HU / 1000; MRI (re, im, mask)."""
+    def degrade(self, clean: np.ndarray, ids: list[str], pixel_mm: np.ndarray, photons: np.ndarray | None = None,
+                seeds: list[int] | None = None) -> np.ndarray:
+        """Display-unit clean slices -> model inputs (N, C, S, S): CT FBP in HU / 1000; MRI (re, im, mask).
+        Low-dose CT may take per-slice ``photons`` (default: the degradation's) and noise ``seeds`` (default:
+        from each slice's id)."""
         from meddx.data.degrade import degrade_ct_batch, degrade_mri_batch, image_seed
 
-        seeds = [image_seed(i) for i in ids]
+        seeds = seeds or [image_seed(i) for i in ids]
         if not self.is_mri:
-            return degrade_ct_batch(clean, self.degradation, seeds, pixel_mm)[:, None] / HU_SCALE
+            return degrade_ct_batch(clean, self.degradation, seeds, pixel_mm, photons)[:, None] / HU_SCALE
         zf, masks = degrade_mri_batch(clean, self.degradation, seeds)
         mask = np.broadcast_to(masks[:, None, :], zf.shape).astype(np.float32)
         return np.stack([zf.real, zf.imag, mask], 1).astype(np.float32)

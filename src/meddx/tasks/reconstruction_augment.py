@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from meddx.data.degrade import image_seed
+
 MAX_VARIANTS = 8
 SLICE_VISITS = 1000  # K is chosen so that K x slices is about this (2-8): ~100-200 s of FBP on one core
 PIXEL_SCALE = (0.8, 1.8)
@@ -49,19 +51,13 @@ def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 
 def degrade_variant(task, clean: np.ndarray, ids: list[str], pixel_mm: np.ndarray, k: int) -> np.ndarray:
     """Model inputs (N, C, S, S) of variant ``k >= 1`` of the already turned clean slices (display units)."""
-    from meddx.data.degrade import image_seed, low_dose_ct
-    from meddx.tasks.reconstruction import HU_SCALE
-
-    d = task.degradation
-    if d.kind != "lowdose":
+    if task.degradation.kind != "lowdose":
         return task.degrade(clean, [f"{i}#variant{k}" for i in ids], pixel_mm)
-    out = np.empty((len(clean), 1, *clean.shape[1:]), np.float32)
-    for n, (img, iid, px) in enumerate(zip(clean, ids, pixel_mm)):
-        seed = image_seed(iid, k)
-        rng = np.random.default_rng(seed)
-        pixel, photons = float(px) * log_uniform(rng, PIXEL_SCALE), d.photons * log_uniform(rng, PHOTON_SCALE)
-        out[n, 0] = low_dose_ct(img, photons, seed, d.views, pixel) / HU_SCALE
-    return out
+    seeds = [image_seed(i, k) for i in ids]
+    rngs = [np.random.default_rng(s) for s in seeds]
+    pixel = np.array([float(px) * log_uniform(r, PIXEL_SCALE) for px, r in zip(pixel_mm, rngs)])
+    photons = np.array([task.degradation.photons * log_uniform(r, PHOTON_SCALE) for r in rngs])
+    return task.degrade(clean, ids, pixel, photons, seeds)
 
 
 def training_variants(task, clean: np.ndarray, ids: list[str], pixel_mm: np.ndarray, nominal: np.ndarray,
