@@ -81,6 +81,7 @@ class ReconstructionTask:
 
     side = property(lambda self: self.image_shape[-1])
     is_mri = property(lambda self: self.degradation.kind == "mri")
+    unit_scale = property(lambda self: 1.0 if self.is_mri else HU_SCALE)  # display units per model unit
     default_model = property(lambda self: {"mri": "recon_unet_dc", "lowdose": "recon_unet_nl"}.get(
         self.degradation.kind, "recon_unet"))
     default_batch_size = property(lambda self: 8 if self.is_mri else 16)
@@ -131,7 +132,7 @@ class ReconstructionTask:
             clean = self.clean(split.images)
             ids, pixel = ids_and_pixels(split)
             inputs = torch.from_numpy(np.ascontiguousarray(self.degrade(clean, ids, pixel)))
-            scale = 1.0 if self.is_mri else HU_SCALE
+            scale = self.unit_scale
             self._cache[key] = (split, inputs, torch.from_numpy(clean[:, None] / scale))
         return self._cache[key][1], self._cache[key][2]
 
@@ -142,7 +143,7 @@ class ReconstructionTask:
 
         if self._variants is None or self._variants[0] is not split:
             inputs, targets = self.pairs(split)
-            scale = 1.0 if self.is_mri else HU_SCALE
+            scale = self.unit_scale
             ids, pixel = ids_and_pixels(split)
             x, y = training_variants(self, targets[:, 0].numpy() * scale, ids, pixel, inputs.numpy(),
                                      variant_count(len(split)))
