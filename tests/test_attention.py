@@ -20,8 +20,9 @@ from tests.conftest import require_module
 require_module("pytorch_grad_cam")
 require_module("captum")
 
-ATTENTION_CLASSIFIERS = ["se_resnet18_slim", "cbam_resnet18_slim", "ag_resnet18_slim", "vit_slim"]
-WITH_MAPS = ["cbam_resnet18_slim", "ag_resnet18_slim", "vit_slim"]  # SE weighs channels: no spatial map
+ATTENTION_CLASSIFIERS = ["se_resnet18_slim", "cbam_resnet18_slim", "ag_resnet18_slim", "mil_resnet18_slim", "vit_slim"]
+# SE weighs channels: no spatial map
+WITH_MAPS = ["cbam_resnet18_slim", "ag_resnet18_slim", "mil_resnet18_slim", "vit_slim"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

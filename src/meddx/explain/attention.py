@@ -1,11 +1,12 @@
 """Method ``attention``: the network's own attention, read back from its attention modules (no gradients).
 
 Which modules count is decided by their library class, so any network built from these blocks works
-(the registry's ``ag_resnet18_slim``, ``cbam_resnet18_slim``, ``vit_slim``):
+(the registry's ``ag_resnet18_slim``, ``cbam_resnet18_slim``, ``mil_resnet18_slim``, ``vit_slim``):
 
 * MONAI ``AttentionBlock`` (attention gates of Attention U-Net): the sigmoid coefficients ``psi``, one
   per location of the gated feature map (2D and 3D);
 * timm CBAM ``SpatialAttn``: the sigmoid spatial gate (2D);
+* meddx ``GatedAttentionPool`` (attention-MIL pooling): the softmax weights over locations (2D and 3D);
 * timm ``Attention`` (vision transformers): the softmax attention of every block, combined by attention
   rollout (Abnar & Zuidema 2020; default) or the last block's attention (``vit_attention="last"``), read
   from the class token's row over the patch tokens.
@@ -37,7 +38,9 @@ def _kinds() -> dict[str, tuple[type, ...]]:
     from timm.layers.attention import Attention
     from timm.layers.cbam import SpatialAttn
 
-    return {"gate": (AttentionBlock, SpatialAttn), "vit": (Attention,)}
+    from meddx.models.attention_mil import GatedAttentionPool
+
+    return {"gate": (AttentionBlock, SpatialAttn, GatedAttentionPool), "vit": (Attention,)}
 
 
 def attention_modules(model: nn.Module) -> tuple[str, list[nn.Module]]:
@@ -51,14 +54,16 @@ def attention_modules(model: nn.Module) -> tuple[str, list[nn.Module]]:
 
     if any(isinstance(m, ChannelSELayer) for m in model.modules()):
         raise MeddxError(f"{type(model).__name__} has squeeze-excitation attention only, which weighs channels, "
-                         "not places: no attention map to show; use gradcam or a cbam/ag/vit model")
+                         "not places: no attention map to show; use gradcam or a cbam/ag/mil/vit model")
     raise MeddxError(f"{type(model).__name__} has no attention to show (method 'attention' needs attention "
-                     "gates, CBAM or a vision transformer: ag_resnet18_slim, cbam_resnet18_slim, vit_slim); "
+                     "gates, CBAM, attention pooling or a vision transformer: ag_resnet18_slim, cbam_resnet18_slim, "
+                     "mil_resnet18_slim, vit_slim); "
                      "use a post-hoc method such as gradcam")
 
 
 def _gate_output(module: nn.Module) -> nn.Module:
-    """The submodule whose output is the gate's coefficients: MONAI ``psi`` (ends in a sigmoid), timm ``gate``."""
+    """The submodule whose output is the gate's coefficients: MONAI ``psi`` (ends in a sigmoid), timm ``gate``,
+    meddx's attention-MIL pooling ``gate`` (a softmax over locations)."""
     return module.psi if hasattr(module, "psi") else module.gate
 
 
