@@ -59,6 +59,16 @@ def test_torchrun_command_line():
         torchrun_args(2, "2", None, 0, "r", [])
 
 
+@pytest.mark.parametrize(("code", "rc", "err"), [(None, 0, ""), (5, 5, ""), ("error: x: bad", 1, "error: x: bad")])
+def test_a_worker_exits_with_its_code_and_flushed_output(code, rc, err):
+    """exit_worker skips the interpreter's shutdown (os._exit) but not what was printed, nor the exit status."""
+    script = ("import sys; from meddx.engine.distributed import exit_worker\n"
+              f"print('done', end=''); sys.stderr.write('partial'); exit_worker({code!r}); print('never')")
+    proc = subprocess.run([PY, "-c", script], env=ENV, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (rc, "done")
+    assert proc.stderr.strip() == "partial" + err
+
+
 def test_failure_message_names_the_rank_signal_and_resume(tmp_path):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
@@ -220,6 +230,7 @@ if distributed.is_main():
     np.save(sys.argv[3], scores)
     print("LOSS", repr(loss), "RANKS", distributed.world_size())
 distributed.shutdown()
+distributed.exit_worker(0)  # as meddx.train's workers leave (no interpreter shutdown over gloo's threads)
 """
 
 

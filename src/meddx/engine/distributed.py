@@ -31,8 +31,10 @@ Only rank 0 writes the run folder (:func:`on_main`: run, then a barrier); only r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -113,6 +115,22 @@ def shutdown() -> None:
     if active():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int | str | None) -> None:
+    """End a torchrun worker now (``os._exit``) with ``code`` as ``sys.exit`` reads it, after flushing the
+    standard streams and logging, skipping the interpreter shutdown that can abort on gloo's threads
+    (:mod:`meddx.train`)."""
+    import logging
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0 if code is None else int(code))
 
 
 def barrier() -> None:
