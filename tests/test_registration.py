@@ -182,6 +182,27 @@ def test_augmented_pairs_are_new_deterministic_and_keep_labels():
     assert not torch.equal(out[0][1], labels)  # the labels moved with the images
 
 
+@pytest.mark.parametrize(("shape", "window"), [((3, 1, 17, 13), 7), ((2, 1, 6, 9, 7), 5), ((1, 1, 4, 3), 3)])
+def test_fixed_image_lncc_equals_monai_in_value_and_gradient(shape, window):
+    """Several pairs side by side (their windows must not reach each other), images narrower than the window."""
+    from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+    from meddx.models.registration_refine import FixedImageLNCC
+
+    g = torch.Generator().manual_seed(0)
+    fixed, moved = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+    fixed[0, 0, :2] = 0.5  # a flat band: the variance floor (smooth_dr) applies
+    ours, theirs = moved.clone().requires_grad_(True), moved.clone().requires_grad_(True)
+    expected = LocalNormalizedCrossCorrelationLoss(spatial_dims=len(shape) - 2, kernel_size=window)(theirs, fixed)
+    value = FixedImageLNCC(fixed, window)(ours, fixed)
+    value.backward()
+    expected.backward()
+    assert torch.allclose(value, expected, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(ours.grad, theirs.grad, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="fixed image it was built for"):
+        FixedImageLNCC(fixed, window)(ours, fixed.clone())
+
+
 @pytest.mark.parametrize("shape", [(2, 1, 9, 11), (1, 2, 5, 6, 7)])
 def test_grid_warp_equals_monai_warp(shape):
     from meddx.models.registration_nets import warp

@@ -36,6 +36,7 @@ REG_WEIGHT, DICE_WEIGHT = 1.0, 1.0  # diffusion regulariser and label Dice weigh
 # ``affine``: the pre-alignment before the network (``meddx.models.registration_refine.affine_field``): None
 # (off), or the number of Adam steps on the affine map after the centre-of-mass translation (0: translation only;
 # 10-30 steps gave no better Dice on the phantom's validation pairs and cost time).
+LNCC_WINDOW = {2: 7, 3: 5}  # MONAI's LNCC window in voxels, for training and the refinement alike
 REFINE = {2: {"steps": 50, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0},
           3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0}}
 
@@ -106,7 +107,7 @@ class RegistrationTask:
             from monai.losses import DiceLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
 
             make = {"lncc": lambda: LocalNormalizedCrossCorrelationLoss(
-                        spatial_dims=self.spatial_dims, kernel_size=7 if self.spatial_dims == 2 else 5),
+                        spatial_dims=self.spatial_dims, kernel_size=LNCC_WINDOW[self.spatial_dims]),
                     "mi": lambda: GlobalMutualInformationLoss(num_bins=32),
                     "mse": nn.MSELoss, "diffusion": lambda: diffusion_loss,
                     "dice": lambda: DiceLoss(include_background=False)}
@@ -138,7 +139,13 @@ class RegistrationTask:
         return torch.cat(out) if out else torch.zeros((0, self.spatial_dims, *images.shape[2:]))
 
     def _field(self, model: nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
-        from meddx.models.registration_refine import GridWarp, affine_field, compose_after_affine, refine_field
+        from meddx.models.registration_refine import (
+            FixedImageLNCC,
+            GridWarp,
+            affine_field,
+            compose_after_affine,
+            refine_field,
+        )
 
         if steps <= 0:
             return model(x)
@@ -151,6 +158,10 @@ class RegistrationTask:
             ddf = compose_after_affine(model(torch.cat([fixed, aligned], 1)).float(), affine)
         else:
             ddf = model(x).float()
+        if self.similarity == "lncc" and self.spatial_dims == 2:
+            # the same loss with the fixed image's window sums computed once: the whole 2D refinement 1.2-1.3x
+            # faster; in 3D the wide one-channel convolution is slower than MONAI's (0.6-0.9x), so MONAI's stays
+            sim = FixedImageLNCC(fixed, LNCC_WINDOW[self.spatial_dims])
         return refine_field(fixed, moving, ddf, sim, **settings)
 
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
