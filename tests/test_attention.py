@@ -196,3 +196,28 @@ def test_report_section_adds_the_networks_own_attention():
     assert hook_count(model) == 0
     plain = heatmap_section(_context(create_model("resnet18_slim", 1, 3, 28), "resnet18_slim")).html
     assert "own attention" not in plain and plain.count("<table") == 1
+
+
+def test_mil_instances_are_local_and_the_weights_sum_to_one():
+    """The attention-MIL model's instances see a bounded neighbourhood (so its attention can only pick a place by
+    what is there), and its attention weights form a distribution over locations."""
+    from meddx.explain.attention import attention_modules, recorded_attention
+
+    model = create_model("mil_resnet18_slim", 1, 2, 64).eval()
+    x = _x(1, 1, 64, 64).requires_grad_(True)
+    feats = {}
+    handle = model.instance.register_forward_hook(lambda _m, _i, out: feats.__setitem__("h", out))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    assert feats["h"].shape[2:] == (32, 32)  # one instance per 2 x 2 pixels
+    feats["h"][0, :, 0, 0].sum().backward()  # the top-left instance
+    reach = x.grad[0, 0].abs() > 0
+    rows, cols = np.nonzero(reach.numpy())
+    assert reach[0, 0] and rows.max() < 32 and cols.max() < 32  # local: far pixels cannot move it
+    kind, modules = attention_modules(model)
+    with recorded_attention(kind, modules) as maps, torch.no_grad():
+        model(_x(3, 1, 64, 64, seed=1))
+    assert maps[0].shape == (3, 1, 32, 32)
+    torch.testing.assert_close(maps[0].flatten(1).sum(1), torch.ones(3))

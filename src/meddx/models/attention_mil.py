@@ -1,4 +1,5 @@
-"""``mil_resnet18_slim``: the default ResNet whose global average pooling is replaced by attention pooling.
+"""``mil_resnet18_slim``: the default ResNet's first two stages as a local feature extractor, and gated attention
+pooling in place of the deeper stages and global average pooling.
 
 Gated attention multiple-instance pooling (Ilse, Tomczak & Welling 2018, "Attention-based deep multiple instance
 learning"): every location of the feature map is an instance; the network scores each one,
@@ -6,8 +7,13 @@ learning"): every location of the feature map is an instance; the network scores
 that is local (a nodule, a tumour) can only reach the classifier through the locations the attention picks, so
 the attention map is the network's own answer to "where did it look" (method ``attention`` reads it back).
 
-The instances sit on layer3's grid (stride 4: 12x12 at 48 px, 7x7 at 28 px), each described by its layer3 feature
-and the layer4 feature above it (upsampled): layer4 alone is 6x6 at 48 px, too coarse to point at a 3-6 px nodule.
+The instances must be local for that to hold. A first version pooled over layer3's grid on [layer3, layer4]
+features: every instance saw most of the image, the classifier did not need the attention to find anything, and
+its map pointed at the phantom's nodules in none of 120 test images (within 3 px; Grad-CAM of the same model 0.68).
+Here the instances are layer2's features (receptive field ~25 px, stride 2: 24 x 24 at 48 px), each passed
+through a per-location MLP (two 1x1 convolutions, ``INSTANCE_WIDTH``) before the pooling; layer3 and layer4 are
+dropped. On the phantom's validation nodules its map points within 3 px in 0.93 of images (benchmarks/RESULTS.md);
+it gives up ~0.02 AUC on MedMNIST against the default model, which keeps its deep, global features.
 
 Written here rather than taken from MONAI: ``monai.networks.nets.MILModel`` pools over whole-slide-image tiles fed
 through a torchvision ResNet-50 one tile at a time, not over the locations of one image's feature map.
@@ -19,9 +25,9 @@ import functools
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 SLIM_WIDTHS = (16, 32, 64, 128)
+INSTANCE_WIDTH = 128  # the per-location MLP's width (layer2 has 32 channels)
 ATTENTION_WIDTH = 64  # the hidden width of the attention scorer (Ilse et al. use 128 for 500-d instances)
 
 
@@ -54,21 +60,24 @@ def _mil_resnet_class() -> type:
     from monai.networks.nets import ResNet
 
     class AttentionMILResNet(ResNet):
-        """MONAI ResNet with attention pooling over layer3's grid of [layer3, upsampled layer4] features."""
+        """MONAI ResNet cut after layer2 (local instances), a per-location MLP, and gated attention pooling."""
 
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            _, _, c3, c4 = SLIM_WIDTHS
-            self.pool = GatedAttentionPool(c3 + c4, kwargs["spatial_dims"])
-            self.fc = nn.Linear(c3 + c4, kwargs["num_classes"])
+            dims, c2 = kwargs["spatial_dims"], SLIM_WIDTHS[1]
+            conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+            width = INSTANCE_WIDTH
+            self.layer3 = self.layer4 = None  # instances must stay local: no deeper, wider receptive fields
+            self.instance = nn.Sequential(conv(c2, width, 1), norm(width), nn.ReLU(inplace=True),
+                                          conv(width, width, 1), norm(width), nn.ReLU(inplace=True))
+            self.pool = GatedAttentionPool(width, dims)
+            self.fc = nn.Linear(width, kwargs["num_classes"])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.act(self.bn1(self.conv1(x)))
             if not self.no_max_pool:
                 x = self.maxpool(x)
-            f3 = self.layer3(self.layer2(self.layer1(x)))
-            f4 = F.interpolate(self.layer4(f3), size=f3.shape[2:], mode="nearest")
-            return self.fc(self.pool(torch.cat([f3, f4], 1)))
+            return self.fc(self.pool(self.instance(self.layer2(self.layer1(x)))))
 
     return AttentionMILResNet
 
