@@ -27,6 +27,8 @@ import functools
 import torch
 import torch.nn as nn
 
+from meddx.models.monai_resnet import slim_resnet_kwargs
+
 SLIM_WIDTHS = (16, 32, 64, 128)
 INSTANCE_WIDTH = 128  # the per-location MLP's width (layer2 has 32 channels)
 ATTENTION_WIDTH = 64  # the hidden width of the attention scorer (Ilse et al. use 128 for 500-d instances)
@@ -87,8 +89,5 @@ def build_mil_resnet18_slim(in_channels: int, num_classes: int, input_size: int 
                             spatial_dims: int = 2) -> nn.Module:
     from monai.networks.nets.resnet import ResNetBlock
 
-    small = input_size <= 64
     return _mil_resnet_class()(
-        block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=list(SLIM_WIDTHS), spatial_dims=spatial_dims,
-        n_input_channels=in_channels, conv1_t_size=3 if small else 7, conv1_t_stride=1 if small else 2,
-        no_max_pool=small, num_classes=num_classes)
+        block=ResNetBlock, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims, SLIM_WIDTHS[0]))

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from meddx.models.monai_resnet import slim_resnet_kwargs
+
 SLIM_WIDTHS = (16, 32, 64, 128)
 
 
@@ -60,10 +62,7 @@ def _attention_module(attention: str, spatial_dims: int, channels: int) -> nn.Mo
 def _slim_resnet(block, in_channels: int, num_classes: int, input_size: int, spatial_dims: int):
     from monai.networks.nets import ResNet
 
-    small = input_size <= 64
-    return ResNet(block, [2, 2, 2, 2], list(SLIM_WIDTHS), spatial_dims=spatial_dims, n_input_channels=in_channels,
-                  conv1_t_size=3 if small else 7, conv1_t_stride=1 if small else 2, no_max_pool=small,
-                  num_classes=num_classes)
+    return ResNet(block, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims, SLIM_WIDTHS[0]))
 
 
 def build_se_resnet18_slim(in_channels: int, num_classes: int, input_size: int = 28,
@@ -117,11 +116,8 @@ def build_ag_resnet18_slim(in_channels: int, num_classes: int, input_size: int =
                            spatial_dims: int = 2) -> nn.Module:
     from monai.networks.nets.resnet import ResNetBlock
 
-    small = input_size <= 64
     return _attention_gated_class()(
-        block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=list(SLIM_WIDTHS), spatial_dims=spatial_dims,
-        n_input_channels=in_channels, conv1_t_size=3 if small else 7, conv1_t_stride=1 if small else 2,
-        no_max_pool=small, num_classes=num_classes)
+        block=ResNetBlock, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims, SLIM_WIDTHS[0]))
 
 
 def vit_patch_size(input_size: int) -> int:
