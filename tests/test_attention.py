@@ -179,6 +179,7 @@ def test_cli_explain_attention_writes_overlays_and_gallery(tmp_path):
     assert (out / "a.attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "explanations.json").read_text())
     assert rec["method"] == "attention" and rec["layer"] is None and rec["items"][0]["map"]["shape"] == [32, 32]
+    assert len(rec["model_files"]) == len(set(rec["model_files"])) >= 1  # scoring and maps share the weights
     assert "Attention" in (out / "gallery.html").read_text()
     plain = _fake_run(tmp_path / "plain")
     r = CliRunner().invoke(app, ["explain", str(plain), str(_png(tmp_path / "b.png")), "--method", "attention"])

@@ -18,7 +18,8 @@ def explain(
     images: list[Path] = typer.Argument(..., metavar="FILE...",
                                          help="PNG/JPEG/.npy files (.npy volumes for 3D models)"),
     method: str = typer.Option("gradcam", help="gradcam | gradcam++ | hirescam | xgradcam | layercam | scorecam | "
-                               "eigencam | integrated_gradients | saliency | occlusion (all work on 3D volumes too)"),
+                               "eigencam | integrated_gradients | saliency | occlusion (all work on 3D volumes too) | "
+                               "attention (the network's own; attention models only: ag/cbam/mil/vit)"),
     target: str | None = typer.Option(None, help="class name or index to explain (default: each image's "
                                       "predicted class)"),
     out: Path | None = typer.Option(None, help="output folder (default: RUN/explanations)"),

@@ -41,8 +41,9 @@ def explain_files(run: str | Path, images: list[str | Path], *, method: str = "g
     maps = explain(mapper.model, mapper.norm(raw), targets, spec.name, layer=layer, model_name=meta["model"])
     out_dir = _out_dir(run, out)
     items, cards = _write_overlays(out_dir, spec, classes, images, (raw, maps, probs, targets))
+    files = list(dict.fromkeys(str(f) for f in scorer.files + mapper.files))  # scoring and maps may share one
     record = {"run": str(run), "model": meta["model"], "method": spec.name, "layer": layer_name,
-              "runtime": scorer.runtime.label, "model_files": [str(f) for f in scorer.files + mapper.files],
+              "runtime": scorer.runtime.label, "model_files": files,
               "map_values": "per image: negative evidence clipped, min-max scaled to [0, 1], input resolution",
               "items": items}
     return record | _write_summary(out_dir, record, spec, cards, maps if save_maps else None, images)
