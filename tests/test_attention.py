@@ -175,6 +175,7 @@ def test_cli_explain_attention_writes_overlays_and_gallery(tmp_path):
     run = _fake_run(tmp_path / "run", model="ag_resnet18_slim")
     r = CliRunner().invoke(app, ["explain", str(run), str(_png(tmp_path / "a.png")), "--method", "attention"])
     assert r.exit_code == 0, r.output
+    assert "Attention (the same for every class)" in r.output  # attention ignores the target class: not "for X"
     out = run / "explanations"
     assert (out / "a.attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "explanations.json").read_text())

@@ -38,8 +38,9 @@ def explain(
     result = explain_files(run, images, method=spec.name, target=target, out=out, layer=layer, device=device,
                            save_maps=save_maps)
     for item in result["items"]:
+        shown = "(the same for every class)" if spec.class_agnostic else f"for {item['target']!r}"
         typer.echo(f"{item['file']}: {item['predicted']} (p={item['probability']:.3f}), "
-                   f"{spec.label} for {item['target']!r} -> {item['png']}")
+                   f"{spec.label} {shown} -> {item['png']}")
     typer.echo(f"runtime: {result['runtime']} ({', '.join(result['model_files'])})")
     typer.echo(f"gallery: {result['gallery']}")
     typer.echo(f"statistics: {result['json']}")

@@ -72,8 +72,8 @@ def _write_overlays(out_dir: Path, spec: Any, classes: list[str], images: list[s
             stem = f"{stem}-{len(seen)}"
         seen.add(stem)
         pred = int(np.argmax(p))
-        title = (f"{path.name}: predicted {classes[pred]} (p={p[pred]:.2f}) | {spec.label} for "
-                 f"{classes[t]} (p={p[t]:.2f})")
+        shown = "(the same for every class)" if spec.class_agnostic else f"for {classes[t]} (p={p[t]:.2f})"
+        title = f"{path.name}: predicted {classes[pred]} (p={p[pred]:.2f}) | {spec.label} {shown}"
         png = volume_strip_png(img, heat, title) if heat.ndim == 3 else overlay_png(img, heat, title)
         png_path = out_dir / f"{stem}.{spec.name}.png"
         with atomic_path(png_path) as tmp:
