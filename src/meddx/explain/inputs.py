@@ -98,6 +98,8 @@ def default_layer_name(model: nn.Module, model_name: str | None = None) -> str:
     for spec in REGISTRY.values():
         if not spec.target_layer or not spec.head or _SOURCE_MODULES.get(spec.source, spec.source) != top:
             continue
+        if top == "meddx" and type(model).__module__ != f"meddx.models.{spec.builder.split(':')[0]}":
+            continue  # meddx's own networks share layer names (ag and mil both have layer2 and fc): match the module
         try:
             model.get_submodule(spec.target_layer)
             model.get_submodule(spec.head)
