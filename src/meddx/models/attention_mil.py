@@ -27,9 +27,8 @@ import functools
 import torch
 import torch.nn as nn
 
-from meddx.models.monai_resnet import slim_resnet_kwargs
+from meddx.models.monai_resnet import SLIM_WIDTHS, slim_resnet_kwargs
 
-SLIM_WIDTHS = (16, 32, 64, 128)
 INSTANCE_WIDTH = 128  # the per-location MLP's width (layer2 has 32 channels)
 ATTENTION_WIDTH = 64  # the hidden width of the attention scorer (Ilse et al. use 128 for 500-d instances)
 
@@ -90,4 +89,4 @@ def build_mil_resnet18_slim(in_channels: int, num_classes: int, input_size: int 
     from monai.networks.nets.resnet import ResNetBlock
 
     return _mil_resnet_class()(
-        block=ResNetBlock, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims, SLIM_WIDTHS[0]))
+        block=ResNetBlock, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims))

@@ -23,9 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from meddx.models.monai_resnet import slim_resnet_kwargs
-
-SLIM_WIDTHS = (16, 32, 64, 128)
+from meddx.models.monai_resnet import SLIM_WIDTHS, slim_resnet_kwargs
 
 
 @functools.cache
@@ -62,7 +60,7 @@ def _attention_module(attention: str, spatial_dims: int, channels: int) -> nn.Mo
 def _slim_resnet(block, in_channels: int, num_classes: int, input_size: int, spatial_dims: int):
     from monai.networks.nets import ResNet
 
-    return ResNet(block, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims, SLIM_WIDTHS[0]))
+    return ResNet(block, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims))
 
 
 def build_se_resnet18_slim(in_channels: int, num_classes: int, input_size: int = 28,
@@ -117,7 +115,7 @@ def build_ag_resnet18_slim(in_channels: int, num_classes: int, input_size: int =
     from monai.networks.nets.resnet import ResNetBlock
 
     return _attention_gated_class()(
-        block=ResNetBlock, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims, SLIM_WIDTHS[0]))
+        block=ResNetBlock, **slim_resnet_kwargs(in_channels, num_classes, input_size, spatial_dims))
 
 
 def vit_patch_size(input_size: int) -> int:
