@@ -31,16 +31,15 @@ def explain(
     from meddx.data.pixels import check_inputs
 
     check_inputs(run, images)  # a missing/empty/unreadable file fails before torch and the run load
-    from meddx.explain.files import explain_files
+    from meddx.explain.files import explain_files, map_caption
     from meddx.explain.methods import get_method
 
     spec = get_method(method)  # an unknown method fails before the run loads
     result = explain_files(run, images, method=spec.name, target=target, out=out, layer=layer, device=device,
                            save_maps=save_maps)
     for item in result["items"]:
-        shown = "(the same for every class)" if spec.class_agnostic else f"for {item['target']!r}"
         typer.echo(f"{item['file']}: {item['predicted']} (p={item['probability']:.3f}), "
-                   f"{spec.label} {shown} -> {item['png']}")
+                   f"{spec.label} {map_caption(spec, repr(item['target']))} -> {item['png']}")
     typer.echo(f"runtime: {result['runtime']} ({', '.join(result['model_files'])})")
     typer.echo(f"gallery: {result['gallery']}")
     typer.echo(f"statistics: {result['json']}")

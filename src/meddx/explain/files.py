@@ -56,6 +56,12 @@ def _out_dir(run: str | Path, out: str | Path | None) -> Path:
     return out_dir
 
 
+def map_caption(spec: Any, target: str) -> str:
+    """What a map shows: "for <target>", or, for a class-agnostic method (attention, Eigen-CAM), that it is the
+    same map whatever the class."""
+    return "(the same for every class)" if spec.class_agnostic else f"for {target}"
+
+
 def _write_overlays(out_dir: Path, spec: Any, classes: list[str], images: list[str | Path],
                     arrays: tuple[Any, Any, Any, list[int]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One overlay PNG per image (a strip of slices for volumes); the JSON items and the gallery cards."""
@@ -72,8 +78,8 @@ def _write_overlays(out_dir: Path, spec: Any, classes: list[str], images: list[s
             stem = f"{stem}-{len(seen)}"
         seen.add(stem)
         pred = int(np.argmax(p))
-        shown = "(the same for every class)" if spec.class_agnostic else f"for {classes[t]} (p={p[t]:.2f})"
-        title = f"{path.name}: predicted {classes[pred]} (p={p[pred]:.2f}) | {spec.label} {shown}"
+        title = (f"{path.name}: predicted {classes[pred]} (p={p[pred]:.2f}) | {spec.label} "
+                 f"{map_caption(spec, f'{classes[t]} (p={p[t]:.2f})')}")
         png = volume_strip_png(img, heat, title) if heat.ndim == 3 else overlay_png(img, heat, title)
         png_path = out_dir / f"{stem}.{spec.name}.png"
         with atomic_path(png_path) as tmp:

@@ -159,8 +159,8 @@ class RegistrationTask:
         else:
             ddf = model(x).float()
         if self.similarity == "lncc" and self.spatial_dims == 2:
-            # the same loss with the fixed image's window sums computed once: the whole 2D refinement 1.2-1.3x
-            # faster; in 3D the wide one-channel convolution is slower than MONAI's (0.6-0.9x), so MONAI's stays
+            # the same loss with the fixed image's window sums computed once: the 2D refinement 1.32x faster; in
+            # 3D 0.72x (benchmarks/registration_refine.py), so MONAI's stays there
             sim = FixedImageLNCC(fixed, LNCC_WINDOW[self.spatial_dims])
         return refine_field(fixed, moving, ddf, sim, **settings)
 
