@@ -142,15 +142,17 @@ def predict_job(run: Path, inputs: str, output: Path, runtime: str = "auto") -> 
 
 
 def run_job(run: Path, inputs: str, output: Path, runtime: str = "auto") -> dict:
-    from meddx.engine.batch_predict import decoding_workers
+    from meddx.engine.batch_predict import workers_score
+    from meddx.engine.batch_read import plan_workers
+    from meddx.engine.distributed import cores
 
     out, err = predict_job(run, inputs, output, runtime).communicate()
     line = [x for x in out.splitlines() if x.startswith("RESULT")]
     if not line:
         sys.exit(f"batch prediction failed:\n{err[-3000:]}")
     _, done, seconds, main_kb, worker_kb = line[0].split()
-    workers = decoding_workers(None)
-    # peak RSS of the job: the main process plus its decoding workers (each at most the largest one's peak)
+    workers = plan_workers(None, workers_score(runtime, run, "auto"), cores())[0]
+    # peak RSS of the job: the main process plus its reading workers (each at most the largest one's peak)
     return {"files": int(done), "files_per_s": int(done) / float(seconds),
             "rss_mb": (int(main_kb) + workers * int(worker_kb)) / 1024}
 

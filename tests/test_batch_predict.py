@@ -185,13 +185,57 @@ def test_onnx_runtime_gives_the_torch_rows(run_dir, tmp_path):
     export_run(run_dir)
     root = _archive(tmp_path / "a", n=6)
     torch_rows = _read_csv(predict_archive(run_dir, root, tmp_path / "t.csv", workers=0, progress=False).output)
-    onnx_rows = _read_csv(predict_archive(run_dir, root, tmp_path / "o.csv", runtime="onnx", workers=0,
+    # scored in 2 worker processes, each with its own ONNX Runtime session
+    onnx_rows = _read_csv(predict_archive(run_dir, root, tmp_path / "o.csv", runtime="onnx", workers=2,
                                           progress=False).output)
     assert [r["file"] for r in onnx_rows] == [r["file"] for r in torch_rows] and len(onnx_rows) == 9
     for a, b in zip(torch_rows, onnx_rows):
         assert a["status"] == b["status"] and a["label"] == b["label"]
         if a["status"] == "ok":
             assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
+
+
+def test_decoding_workers_with_the_model_in_the_main_process_give_the_same_rows(run_dir, tmp_path, monkeypatch):
+    import meddx.engine.batch_predict as batch_predict
+
+    root = _archive(tmp_path / "a", n=6)
+    scored = _read_csv(predict_archive(run_dir, root, tmp_path / "s.csv", batch_size=4, workers=2,
+                                       progress=False).output)
+    monkeypatch.setattr(batch_predict, "workers_score", lambda *a: False)  # the GPU / 3D layout
+    decoded = _read_csv(predict_archive(run_dir, root, tmp_path / "d.csv", batch_size=4, workers=2,
+                                        progress=False).output)
+    assert len(scored) == 9 and [r["file"] for r in decoded] == [r["file"] for r in scored]
+    for a, b in zip(scored, decoded):
+        assert a["status"] == b["status"] and a["label"] == b["label"]
+        if a["status"] == "ok":
+            assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-5)
+
+
+def test_torch_runtime_scores_through_a_channels_last_copy_and_keeps_the_model(run_dir):
+    import torch
+
+    from meddx.models.inference import predict
+    from meddx.runtimes import open_runtime
+
+    rt = open_runtime("torch", run_dir, device="cpu")
+    x = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    want, _ = predict(rt.model, x, rt.task, rt.norm)
+    assert np.allclose(rt.predict(x), want, atol=1e-5)
+    fast = rt._channels_last
+    assert fast is not None and fast is not rt.model
+    assert all(p.is_contiguous() for p in rt.model.parameters())  # explainers' hooks see the model as trained
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in fast.parameters())
+
+
+def test_worker_plan_keeps_processes_times_threads_within_the_cores():
+    from meddx.engine.batch_read import plan_workers
+
+    assert plan_workers(None, True, 8) == (8, 1)  # 2D on CPU: a scoring worker per core, one thread each
+    assert plan_workers(None, True, 1) == (0, 1)  # one core: read and score in the main process
+    assert plan_workers(0, True, 4) == (0, 4)
+    assert plan_workers(None, False, 8) == (2, 6)  # GPU or 3D: a quarter of the cores decode
+    assert plan_workers(None, False, 2) == (1, 1)
 
 
 # ---------------------------------------------------------------- --nproc: several worker processes

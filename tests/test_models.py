@@ -85,3 +85,20 @@ def test_pretrained_mismatch_is_clear(tmp_path):
     (tmp_path / "evil.pt").write_bytes(b"not a pickle")
     with pytest.raises(MeddxError, match="not a loadable state dict"):
         load_pretrained(create_model("seednet", 1, 2, 28), tmp_path / "evil.pt", "classifier.fc2")
+
+
+@pytest.mark.parametrize("name", [n for n in list_models("classifier") if 2 in get_model_spec(n).spatial_dims])
+def test_channels_last_copy_gives_the_same_outputs(name):
+    # the CPU runtime scores 2D images through a channels-last copy (meddx.runtimes.torch_runtime): a network
+    # that reshapes activations with .view or assumes contiguous strides would fail or differ here
+    import copy
+
+    torch.manual_seed(0)
+    size = 32 if name.startswith("vit") else 28
+    model = create_model(name, 1, 3, size).eval()
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, size, size)
+    with torch.no_grad():
+        want = model(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)

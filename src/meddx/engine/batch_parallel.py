@@ -4,8 +4,8 @@ The parent opens the job as one process would (:func:`meddx.engine.batch_predict
 needs the classes and the pending files), splits the pending files into N contiguous shards (a fresh run's
 merged output keeps the input order) and starts N processes with the "spawn" context (no torchrun: inference
 needs no process group). Worker ``k`` opens its own runtime (``cuda:{k % GPUs}`` when the device is cuda/auto
-and GPUs exist; on CPU ``cores // N`` threads, decoding in-process or with few DataLoader workers, so that
-N x (threads + decoding workers) <= cores) and appends its rows to its own rank table
+and GPUs exist; on CPU a ``cores // N`` share of the cores, split by
+:func:`meddx.engine.batch_read.plan_workers`) and appends its rows to its own rank table
 (:mod:`meddx.engine.batch_output`). Workers report row counts on a queue that feeds the parent's progress bar;
 the parent polls the processes, so a worker that dies fails the job with one line (its rows are kept for the
 rerun) instead of hanging. At the end the parent's table merges every rank's rows into the output.
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from meddx.engine.batch_predict import BatchSummary, open_job, predict_archive
+from meddx.engine.batch_predict import BatchSummary, open_job, predict_archive, workers_score
 from meddx.errors import MeddxError
 
 POLL_S = 0.2  # how often the parent looks at the processes while no message comes
@@ -45,25 +45,28 @@ def predict_parallel(run: str | Path, inputs: str | Path, output: str | Path, *,
     del job.rt  # the workers open their own
     t0 = time.time()
     shards = [job.pending[len(job.pending) * k // nproc:len(job.pending) * (k + 1) // nproc] for k in range(nproc)]
-    plans = [_plan(k, nproc, device, workers) for k in range(nproc)]
+    scoring = workers_score(runtime, run, device)
+    plans = [_plan(k, nproc, device, workers, scoring) for k in range(nproc)]
     written, errors = _drive(run, output, runtime, batch_size, shards, plans, progress, len(job.pending))
     out = job.table.close()  # merges the rank tables into the output
     return job.summary(out, written, errors, time.time() - t0)
 
 
-def _plan(rank: int, nproc: int, device: str, workers: int | None) -> dict[str, Any]:
-    """Rank ``rank``'s device, model threads and decoding workers."""
+def _plan(rank: int, nproc: int, device: str, workers: int | None, scoring: bool) -> dict[str, Any]:
+    """Rank ``rank``'s device, model threads and reading workers (:func:`meddx.engine.batch_read.plan_workers`
+    over the rank's share of the cores)."""
+    from meddx.engine.batch_read import plan_workers
     from meddx.engine.distributed import cores
     from meddx.utils.runtime import pick_device
 
     share = max(1, cores() // nproc)
-    decoders = share // 4 if workers is None else max(0, workers)  # 0 (in-process) on small machines
     picked = pick_device(device)  # a device this machine lacks is one error line here, before any worker starts
+    decoders, threads = plan_workers(workers, scoring, share)
     if device in ("auto", "cuda") and picked.type == "cuda":  # "cuda:1" given explicitly: every rank uses it
         import torch
 
         device = f"cuda:{rank % torch.cuda.device_count()}"
-    return {"device": device, "threads": max(1, share - decoders), "decoders": decoders}
+    return {"device": device, "threads": threads, "decoders": decoders, "scoring": scoring}
 
 
 def _drive(run, output, runtime, batch_size, shards, plans, progress, total) -> tuple[int, int]:
@@ -176,7 +179,7 @@ def _worker(rank: int, run: str, output: str, runtime: str, batch_size: int, pat
         rt = open_runtime(runtime, run, device=plan["device"], threads=plan["threads"])
         classes = list(rt.meta["classes"])
         table = open_table(output, classes, rank=rank)
-        job = Job(rt, task_from_meta(rt.meta), classes, table, paths, paths)
+        job = Job(rt, task_from_meta(rt.meta), classes, table, paths, paths, str(run), plan["scoring"])
         written, errors = score(job, table, paths, batch_size, plan["decoders"], on_batch)
         table.close()
     except MeddxError as exc:

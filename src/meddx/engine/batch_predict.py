@@ -1,8 +1,9 @@
 """``meddx predict RUN --input DIR|GLOB|CSV --output results.parquet|csv``: a classifier over a whole archive.
 
-Streaming with bounded memory: a ``torch.utils.data.DataLoader`` decodes files in worker processes through
-the one reader (:func:`meddx.data.contract.read_input`: the same conversions as ``meddx predict FILE``) while
-the main process runs batched inference through the run's runtime (torch, onnx, int8). Each batch's rows are
+Streaming with bounded memory: ``torch.utils.data.DataLoader`` worker processes read the files through the one
+reader (:func:`meddx.data.contract.read_input`: the same conversions as ``meddx predict FILE``) and, when the
+model runs on the CPU, also score them in batches, each with its own copy of the run's runtime (torch, onnx,
+int8); with a GPU the main process runs the model (:mod:`meddx.engine.batch_read`). Each batch's rows are
 appended to the output as it completes (:mod:`meddx.engine.batch_output`); a rerun skips files already
 written, so an interrupted job continues where it stopped. A file that cannot be read becomes an error row.
 Several processes (``--nproc``): :mod:`meddx.engine.batch_parallel`, built from :func:`open_job` and
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from meddx.engine.batch_output import open_table
+from meddx.engine.batch_read import plan_workers, scored_batches
 from meddx.engine.distributed import cores
 from meddx.errors import MeddxError
 
@@ -103,45 +105,6 @@ def _csv_paths(path: Path) -> list[str]:
     return [str(p if (p := Path(r[col])).is_absolute() else path.parent / p) for r in body if len(r) > col and r[col]]
 
 
-# ---------------------------------------------------------------- decoding in worker processes
-
-
-class FileDataset(torch.utils.data.Dataset):
-    """Files -> (tensor or None, path, error message, notice texts), read by the one reader."""
-
-    def __init__(self, paths: list[str], meta: dict[str, Any]) -> None:
-        self.paths, self.meta = paths, meta
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str, str, list[str]]:
-        from meddx.data.contract import read_input
-        from meddx.data.pixels import first_line
-
-        path = self.paths[i]
-        try:
-            tensor, notices = read_input(path, self.meta)
-        except MeddxError as exc:  # the row names the file: keep only the problem
-            text = str(exc)
-            return None, path, text.split(": ", 1)[1] if exc.path and text.startswith(exc.path) else text, []
-        except Exception as exc:  # noqa: BLE001 - any decoder failure on one file is that file's error row
-            return None, path, first_line(exc), []
-        return tensor, path, "", [f"{n.kind}\t{n.text}" for n in notices]
-
-
-def collate(items: list[tuple]) -> tuple[torch.Tensor | None, list[str], list[str], list[str]]:
-    """Stack the readable images; keep every path (in order) with its error message ('' when read)."""
-    tensors = [t for t, *_ in items if t is not None]
-    notices = [n for *_, ns in items for n in ns]
-    return (torch.stack(tensors) if tensors else None, [p for _, p, _, _ in items], [e for _, _, e, _ in items],
-            notices)
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # decoding workers: the main process's threads run the model
-
-
 # ---------------------------------------------------------------- the job
 
 
@@ -151,11 +114,10 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
     """Predict every input file not yet in ``output``; rows appended per batch. See the module docstring."""
     import time
 
-    n_workers = decoding_workers(workers)
-    # workers + model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured); the
-    # same share for ONNX Runtime's own thread pool (by default one thread per core, beside the decoders)
-    model_threads = max(1, cores() - n_workers)
-    job = open_job(run, inputs, output, runtime, device, threads=model_threads)
+    scoring = workers_score(runtime, run, device)
+    # workers x model threads <= cores: oversubscribed cores cost ~4x on a busy 2-core machine (measured)
+    n_workers, model_threads = plan_workers(workers, scoring, cores())
+    job = open_job(run, inputs, output, runtime, device, threads=model_threads, scoring=scoring)
     t0 = time.time()
     threads = torch.get_num_threads()
     torch.set_num_threads(model_threads)
@@ -170,6 +132,18 @@ def predict_archive(run: str | Path, inputs: str | Path, output: str | Path, *, 
     return job.summary(out, written, errors, time.time() - t0)
 
 
+def workers_score(runtime: str, run: str | Path, device: str) -> bool:
+    """Whether the reading workers also run the model (:mod:`meddx.engine.batch_read`): for a model of 2D images
+    on the CPU (ONNX Runtime, or PyTorch without a GPU). A 3D model's activations are too large to hold once
+    per core, and a GPU belongs to the main process."""
+    from meddx.runtimes import resolve, source_meta
+    from meddx.utils.runtime import pick_device
+
+    if resolve(runtime, run) == "torch" and pick_device(device).type != "cpu":
+        return False
+    return len(source_meta(run).get("image_shape", [])) != 3
+
+
 @dataclass
 class Job:
     """An open batch job: the runtime, the task, the output table and the files not in it yet."""
@@ -180,13 +154,15 @@ class Job:
     table: Any
     paths: list[str]
     pending: list[str]
+    run: str = ""  # what the runtime was opened on: scoring workers open their own copy of it
+    scoring: bool = False  # reading workers also score (batch_read.plan_workers)
 
     def summary(self, out: Path, written: int, errors: int, seconds: float) -> BatchSummary:
         return BatchSummary(out, len(self.paths), len(self.paths) - len(self.pending), written, errors, seconds)
 
 
 def open_job(run: str | Path, inputs: str | Path, output: str | Path, runtime: str, device: str,
-             threads: int | None = None) -> Job:
+             threads: int | None = None, scoring: bool = False) -> Job:
     """Open the runtime (a classifier's, else a one-line error; ``threads``: ONNX Runtime's intra-op threads),
     the output table, and list the pending files (those in neither the output nor a rank table a killed
     ``--nproc`` run left)."""
@@ -202,27 +178,23 @@ def open_job(run: str | Path, inputs: str | Path, output: str | Path, runtime: s
     table = open_table(output, classes)
     paths = find_inputs(inputs, len(rt.meta.get("image_shape", [])) == 3)
     done = table.done()
-    return Job(rt, task, classes, table, paths, [p for p in paths if p not in done])
+    return Job(rt, task, classes, table, paths, [p for p in paths if p not in done], str(run), scoring)
 
 
 def score(job: Job, table: Any, paths: list[str], batch_size: int, n_workers: int,
           on_batch: Callable[[int, int, list[str]], None]) -> tuple[int, int]:
-    """Score ``paths`` with ``job``'s runtime into ``table`` batch by batch; ``on_batch(rows, errors, notices)``
-    after each. Returns (rows written, error rows)."""
+    """Score ``paths`` with ``job``'s runtime into ``table`` batch by batch, read (and on the CPU also scored) by
+    ``n_workers`` processes (:mod:`meddx.engine.batch_read`); ``on_batch(rows, errors, notices)`` after each.
+    Returns (rows written, error rows)."""
     written = errors = 0
-    for images, names, errs, notices in _loader(paths, job.rt.meta, batch_size, n_workers):
-        rows = _rows(job.task, job.rt, images, names, errs, job.classes)
+    for probs, names, errs, notices in scored_batches(paths, job.rt.meta, batch_size, n_workers, rt=job.rt,
+                                                      run=job.run, scoring=job.scoring):
+        rows = _rows(job.task, probs, names, errs, job.classes)
         table.append(rows)
         bad = sum(1 for e in errs if e)
         written, errors = written + len(rows), errors + bad
         on_batch(len(rows), bad, notices)
     return written, errors
-
-
-def decoding_workers(workers: int | None) -> int:
-    """``workers``, else a quarter of the cores (at least one): a core decodes ~6,000 small PNGs/s, a model
-    thread scores ~1,000 28-px images/s (benchmarks/scale.py), so the model gets the other cores."""
-    return max(1, cores() // 4) if workers is None else max(0, workers)
 
 
 @contextmanager
@@ -233,15 +205,9 @@ def _restore_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _loader(paths: list[str], meta: dict[str, Any], batch_size: int, n: int):
-    return torch.utils.data.DataLoader(FileDataset(paths, meta), batch_size=batch_size, num_workers=n,
-                                       collate_fn=collate, worker_init_fn=_one_thread if n else None,
-                                       prefetch_factor=2 if n else None, persistent_workers=False)
-
-
-def _rows(task: Any, rt: Any, images: torch.Tensor | None, names: list[str], errs: list[str],
+def _rows(task: Any, probabilities: np.ndarray, names: list[str], errs: list[str],
           classes: list[str]) -> list[dict[str, Any]]:
-    probs = iter(rt.predict(images) if images is not None else np.zeros((0, len(classes))))
+    probs = iter(probabilities)
     rows = []
     for name, err in zip(names, errs):
         if err:

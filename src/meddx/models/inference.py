@@ -36,13 +36,15 @@ def autocast_for(device: torch.device, enabled: bool):
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, task: Any, normalize: Normalization, *,
             batch_size: int = 512, device: torch.device | str = "cpu", amp: bool = False,
-            labels: torch.Tensor | None = None) -> tuple[np.ndarray, float | None]:
-    """Probabilities for ``images`` (and the mean loss when ``labels`` are given)."""
+            labels: torch.Tensor | None = None,
+            memory_format: torch.memory_format = torch.contiguous_format) -> tuple[np.ndarray, float | None]:
+    """Probabilities for ``images`` (and the mean loss when ``labels`` are given); ``memory_format``: the
+    layout the normalised batch is given to the model in (that of its weights)."""
     device = torch.device(device)
     model.eval()
     probs, total = [], 0.0
     for idx in batches(len(images), batch_size):
-        x = normalize(images[idx].to(device))
+        x = normalize(images[idx].to(device)).contiguous(memory_format=memory_format)
         with autocast_for(device, amp):
             out = model(x).float()
         if labels is not None:

@@ -87,10 +87,10 @@ class OnnxPredictor:
         self.session = ort_session(self.path, threads)
         self.meta = session_meta(self.session, self.path)
 
-    def predict(self, images: Any) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
         x = as_numpy(images)
         want = np.uint8 if self.meta.get("input_dtype", "uint8") == "uint8" else np.float32
-        return ort_run(self.session, x.astype(want, copy=False))
+        return ort_run(self.session, x.astype(want, copy=False), batch_size)
 
 
 ONNX_NAMES = ("model_int8.onnx", "model.onnx")

@@ -78,6 +78,19 @@ def resolve(name: str, source: str | Path) -> str:
     return default_runtime(ckpt, read_meta(ckpt))
 
 
+def source_meta(source: str | Path) -> dict[str, Any]:
+    """The metadata of a run folder's checkpoint, a checkpoint or a ``.onnx`` file, without loading the model."""
+    path = Path(source)
+    if path.suffix == ".onnx":
+        from meddx.models.onnx_io import read_meta as onnx_meta
+
+        return onnx_meta(path)
+    from meddx.engine.run import RunDir
+    from meddx.utils.checkpoints import read_meta
+
+    return read_meta(path if path.is_file() else RunDir.open(path).model_checkpoint())
+
+
 def open_runtime(name: str, source: str | Path, device: str = "auto", loaded: Any = None,
                  threads: int | None = None) -> Any:
     """Open runtime ``name`` (``auto``: :func:`resolve`) on a run folder or a model file. ``loaded``: an open

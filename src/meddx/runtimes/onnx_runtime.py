@@ -37,7 +37,7 @@ class OnnxRuntime:
         return candidate
 
     def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        return self.predictor.predict(images)
+        return self.predictor.predict(images, batch_size)
 
 
 class Int8Runtime(OnnxRuntime):
