@@ -153,7 +153,8 @@ def predict(
     out: Path | None = typer.Option(None, help="folder for predicted mask files (default: beside each input)"),
     input: str | None = typer.Option(None, "--input", help="whole archive: a folder, a quoted glob or a CSV of files"),
     output: Path | None = typer.Option(None, help="with --input: results.csv or .parquet (a rerun skips done rows)"),
-    workers: int | None = typer.Option(None, help="with --input: decoding processes (default: a quarter of the cores)"),
+    workers: int | None = typer.Option(None, help="with --input: reading processes (2D model on CPU: each also "
+                                       "scores, default one per core; GPU or 3D: default a quarter of the cores)"),
     nproc: int = typer.Option(1, help="with --input: worker processes, each scoring a share of the files with its "
                               "own model (one GPU each, round robin; on CPU the cores are split among them)"),
     dicom_out: Path | None = typer.Option(None, help="DICOM inputs: also write de-identified DICOM results here "
