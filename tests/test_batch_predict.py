@@ -229,7 +229,10 @@ def test_torch_runtime_scores_through_a_channels_last_copy_and_keeps_the_model(r
 
 
 def test_worker_plan_keeps_processes_times_threads_within_the_cores():
-    from meddx.engine.batch_read import plan_workers
+    from meddx.engine.batch_read import model_chunk, plan_workers
+
+    assert model_chunk((28, 28)) == model_chunk((64, 64)) == 32
+    assert model_chunk((224, 224)) == 2 and model_chunk((512, 512)) == 1  # one model per core: bounded activations
 
     assert plan_workers(None, True, 8) == (8, 1)  # 2D on CPU: a scoring worker per core, one thread each
     assert plan_workers(None, True, 1) == (0, 1)  # one core: read and score in the main process

@@ -23,9 +23,16 @@ import torch
 
 from meddx.errors import MeddxError
 
-# images per model call: small batches keep a CPU network's activations in cache (resnet18_slim at 28 px, 1
-# thread: 0.76 ms an image in batches of 16-32, 0.98 ms in batches of 256; ONNX Runtime 0.53 vs 0.57 ms)
-MODEL_CHUNK = 32
+# images per model call on the CPU: small batches keep a network's activations in cache (resnet18_slim at 28 px, 1
+# thread: 0.76 ms an image in batches of 16-32, 0.98 ms in batches of 256; ONNX Runtime 0.53 vs 0.57 ms). 32
+# images up to 64 x 64, fewer above, one from ~360 x 360: one copy of the model per core must not hold the
+# activations of hundreds of large images
+CHUNK_IMAGES, CHUNK_PIXELS = 32, 32 * 64 * 64
+
+
+def model_chunk(image_shape: list[int] | tuple[int, ...]) -> int:
+    """Images per model call for inputs of ``image_shape`` (spatial, without channels)."""
+    return max(1, min(CHUNK_IMAGES, CHUNK_PIXELS // max(1, int(np.prod(image_shape)))))
 
 
 def plan_workers(workers: int | None, scoring: bool, cores: int) -> tuple[int, int]:
@@ -75,10 +82,12 @@ def collate(items: list[tuple]) -> tuple[torch.Tensor | None, list[str], list[st
 
 
 def probabilities(rt: Any, images: torch.Tensor | None, n_classes: int) -> np.ndarray:
-    """The runtime's probabilities for a batch (none read: an empty table), in calls of :data:`MODEL_CHUNK`."""
+    """The runtime's probabilities for a batch (none read: an empty table); on the CPU in calls of
+    :func:`model_chunk`, on a GPU in one call."""
     if images is None:
         return np.zeros((0, n_classes), np.float32)
-    return rt.predict(images, batch_size=MODEL_CHUNK)
+    on_gpu = getattr(getattr(rt, "device", None), "type", "cpu") != "cpu"
+    return rt.predict(images, batch_size=len(images) if on_gpu else model_chunk(images.shape[2:]))
 
 
 class ScoredBatches(torch.utils.data.Dataset):
