@@ -129,6 +129,15 @@ def test_dicom_without_decoder_names_transfer_syntax(tmp_path):
         read_pixels(tmp_path / "p2.dcm")
 
 
+def test_dicom_bad_value_representation_is_one_error_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns of Rows '1A' on access: the user gets only our line
+        with pytest.raises(MeddxError, match=r"header is incomplete \(invalid literal.*'1A'\)"):
+            read_pixels(dicom_file("badVR.dcm"))
+
+
 def test_dicom_class_folders_train_like_png(tmp_path):
     from meddx.data.folder import load_image_folder
 

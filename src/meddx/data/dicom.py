@@ -52,9 +52,11 @@ def _geometry(ds: Any, path: Path) -> tuple[int, int, int, int]:
                              "not DICOM)", path)
         raise MeddxError(f"DICOM file holds no pixel data (modality/class {what}: not an image object)", path)
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames") or 1)
-        samples = int(ds.get("SamplesPerPixel") or 1)
+        with warnings.catch_warnings():  # pydicom converts values on access and warns of a bad VR (badVR.dcm's
+            warnings.simplefilter("ignore")  # Rows '1A'): the error below is the one line the user gets
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames") or 1)
+            samples = int(ds.get("SamplesPerPixel") or 1)
     except (AttributeError, TypeError, ValueError) as exc:
         raise MeddxError(f"DICOM image header is incomplete ({first_line(exc)})", path) from None
     check_pixel_count((frames, rows, cols, samples), path, "DICOM image")
