@@ -211,6 +211,36 @@ def test_decoding_workers_with_the_model_in_the_main_process_give_the_same_rows(
             assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-5)
 
 
+def test_a_3d_model_reads_volumes_in_workers_and_scores_in_the_main_process(tmp_path):
+    from meddx.engine.batch_predict import workers_score
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.fit import fit
+    from meddx.engine.predict import Predictor
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 16), ("val", 6), ("test", 6)):
+        y = (np.arange(n) % 2)[:, None]
+        x = rng.integers(0, 60, (n, 16, 16, 16)).astype(np.uint8)
+        x[y[:, 0] == 1, 4:10, 4:10, 4:10] = 255
+        arrays |= {f"{split}_images": x, f"{split}_labels": y}
+    np.savez(tmp_path / "vol.npz", **arrays)
+    run = fit(TrainConfig(data=str(tmp_path / "vol.npz"), epochs=1, model="seednet", out=str(tmp_path), name="r",
+                          progress=False)).path
+    vols = tmp_path / "vols"
+    vols.mkdir()
+    for i in range(5):
+        np.save(vols / f"v{i}.npy", arrays["test_images"][i])
+    assert not workers_score("torch", run, "cpu")  # one model in the main process, not one per core
+    rows = _read_csv(predict_archive(run, vols, tmp_path / "o.csv", runtime="torch", workers=1,
+                                     progress=False).output)
+    reference = Predictor(run, device="cpu", runtime="torch").predict_files([r["file"] for r in rows])
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    for row, ref in zip(rows, reference):
+        for c, v in ref["probabilities"].items():
+            assert float(row[f"p_{c}"]) == pytest.approx(v, abs=1e-5)
+
+
 def test_torch_runtime_scores_through_a_channels_last_copy_and_keeps_the_model(run_dir):
     import torch
 
