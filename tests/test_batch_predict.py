@@ -258,6 +258,24 @@ def test_torch_runtime_scores_through_a_channels_last_copy_and_keeps_the_model(r
                for p in fast.parameters())
 
 
+def test_no_more_workers_start_than_there_are_batches(run_dir, tmp_path, monkeypatch):
+    import torch
+
+    import meddx.engine.batch_read as batch_read
+
+    started = []
+
+    class CountingLoader(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs["num_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(batch_read.torch.utils.data, "DataLoader", CountingLoader)
+    root = _archive(tmp_path / "a", n=6)  # 9 inputs
+    summary = predict_archive(run_dir, root, tmp_path / "r.csv", batch_size=4, workers=8, progress=False)
+    assert summary.done == 9 and started == [3]  # 3 batches of at most 4 files
+
+
 def test_worker_plan_keeps_processes_times_threads_within_the_cores():
     from meddx.engine.batch_read import model_chunk, plan_workers
 

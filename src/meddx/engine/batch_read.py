@@ -123,6 +123,7 @@ def scored_batches(paths: list[str], meta: dict[str, Any], batch_size: int, n_wo
     """``(probabilities, paths, errors, notices)`` per batch of ``paths``, in order (see the module docstring);
     ``n_workers`` 0: read and scored in this process by ``rt``."""
     loader = torch.utils.data.DataLoader
+    n_workers = min(n_workers, -(-len(paths) // batch_size))  # a worker takes whole batches: none left idle
     if n_workers and scoring:
         yield from loader(ScoredBatches(paths, batch_size, meta, run, rt.name), batch_size=None,
                           num_workers=n_workers, prefetch_factor=2, persistent_workers=False)
