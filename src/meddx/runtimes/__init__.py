@@ -71,10 +71,9 @@ def resolve(name: str, source: str | Path) -> str:
     path = Path(source)
     if path.suffix == ".onnx":
         return "onnx"
-    from meddx.engine.run import RunDir
     from meddx.utils.checkpoints import read_meta
 
-    ckpt = path if path.is_file() else RunDir.open(path).model_checkpoint()
+    ckpt = _checkpoint(path)
     return default_runtime(ckpt, read_meta(ckpt))
 
 
@@ -85,10 +84,16 @@ def source_meta(source: str | Path) -> dict[str, Any]:
         from meddx.models.onnx_io import read_meta as onnx_meta
 
         return onnx_meta(path)
-    from meddx.engine.run import RunDir
     from meddx.utils.checkpoints import read_meta
 
-    return read_meta(path if path.is_file() else RunDir.open(path).model_checkpoint())
+    return read_meta(_checkpoint(path))
+
+
+def _checkpoint(path: Path) -> Path:
+    """``path`` itself if it is a file, else the checkpoint its run folder's ``select`` setting names."""
+    from meddx.engine.run import RunDir
+
+    return path if path.is_file() else RunDir.open(path).model_checkpoint()
 
 
 def open_runtime(name: str, source: str | Path, device: str = "auto", loaded: Any = None,
