@@ -35,6 +35,10 @@ def test_one_epoch_end_to_end(tmp_path, tiny_phantom, degrade):
     assert json.loads((run.path / "config.json").read_text())["degrade"] == degrade
     baselines = [k for k in m["methods"] if k.startswith(("nlm", "tv", "wavelet", "TV compressed sensing"))]
     assert len(baselines) == (1 if degrade.startswith("mri") else 3)  # tuned on validation, same test slices
+    alone = m["methods"].get("network alone (no data consistency)")  # sparse view: both rows, scored apart
+    assert (alone is not None) == (degrade == "sparseview")
+    if alone is not None:
+        assert alone["psnr"]["mean"] != m["methods"]["network"]["psnr"]["mean"]
     saved = np.load(run.path / "reconstructions_test.npz")
     assert saved["network"].shape == saved["clean"].shape == (4, 32, 32)
     assert "Reconstruction quality" in (run.path / "report.html").read_text()
@@ -52,7 +56,8 @@ def test_inputs_are_deterministic_and_degraded(tiny_phantom):
 
 
 def test_bad_inputs_are_one_line_errors(tiny_phantom):
-    from meddx.tasks.reconstruction import ReconstructionTask, check_range, check_slice
+    from meddx.tasks.reconstruction import ReconstructionTask
+    from meddx.tasks.reconstruction_checks import check_range, check_slice
 
     with pytest.raises(MeddxError, match="smaller than the training patch"):
         ReconstructionTask("lowdose", (32, 32), patch=48)

@@ -27,6 +27,7 @@ MU_WATER = 0.0192  # linear attenuation of water at about 70 keV, per mm
 REFERENCE_PHOTONS = 4096  # LoDoPaB-CT's incident photons per detector pixel
 FULL_VIEWS = 360  # projections over 180 degrees for the low-dose scan
 AIR_HU = -1000.0
+VIEW_GROUPS = 2  # radon/iradon run over this many groups of views in parallel threads (see _view_groups)
 MRI_CENTER_FRACTION = {4: 0.08, 8: 0.04}  # fastMRI's defaults: 8 % of the columns at 4x, 4 % at 8x
 
 
@@ -104,12 +105,28 @@ def view_angles(views: int) -> np.ndarray:
     return np.linspace(0.0, 180.0, views, endpoint=False)
 
 
+def _view_groups(views: int) -> list[np.ndarray]:
+    """The view indices in ``VIEW_GROUPS`` contiguous groups, projected or back-projected in parallel threads
+    (scikit-image's radon/iradon release the GIL: 2x faster on 2 cores). A fixed group count, not the machine's
+    core count, so that every machine adds the same partial sums in the same order: bitwise equal outputs."""
+    return [g for g in np.array_split(np.arange(views), VIEW_GROUPS) if len(g)]
+
+
+def _in_threads(fn, groups: list[np.ndarray]) -> list[np.ndarray]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(groups)) as pool:
+        return list(pool.map(fn, groups))
+
+
 def project(hu: np.ndarray, views: int = FULL_VIEWS, pixel_mm: float = 1.0) -> np.ndarray:
     """Parallel-beam line integrals of attenuation (dimensionless), (detectors, views)."""
     from skimage.transform import radon
 
     mu = hu_to_mu(ct_reference(hu))
-    return radon(mu, view_angles(views), circle=True) * pixel_mm
+    groups = _view_groups(views)
+    angles = view_angles(views)
+    return np.concatenate(_in_threads(lambda g: radon(mu, angles[g], circle=True), groups), 1) * pixel_mm
 
 
 def poisson_line_integrals(sinogram: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
@@ -127,7 +144,10 @@ def fbp(sinogram: np.ndarray, views: int, pixel_mm: float = 1.0, filter_name: st
 
     if filter_name not in ("ramp", "hann", "shepp-logan", "cosine", "hamming"):
         raise MeddxError(f"unknown FBP filter {filter_name!r}")
-    mu = iradon(sinogram / pixel_mm, view_angles(views), circle=True, filter_name=filter_name)
+    angles, sino = view_angles(views), sinogram / pixel_mm
+    parts = _in_threads(lambda g: iradon(sino[:, g], angles[g], circle=True, filter_name=filter_name) * len(g),
+                        _view_groups(views))
+    mu = sum(parts) / views  # iradon scales by pi / (2 * its views): reweight each group's share
     hu = mu_to_hu(mu)
     hu[~field_of_view(hu.shape[0])] = AIR_HU
     return hu.astype(np.float32)

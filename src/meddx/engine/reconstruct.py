@@ -44,7 +44,7 @@ class SliceRunner:
         return self.task.is_mri
 
     def __call__(self, image: np.ndarray, where: Path) -> np.ndarray:
-        from meddx.tasks.reconstruction import check_range
+        from meddx.tasks.reconstruction_checks import check_range
 
         if self.is_mri:
             scale = _magnitude_scale(np.abs(image))

@@ -29,6 +29,7 @@ from meddx.data.augment import AugmentPolicy, Normalization
 from meddx.data.dataset import Split
 from meddx.errors import MeddxError
 from meddx.tasks.base import EvalRequest
+from meddx.tasks.reconstruction_checks import check_range, check_slice
 
 CT_PATCH = 64
 STEPS = {"ct": 6000, "mri": 4000}  # optimiser steps of the automatic schedule (a 15 min budget may cut them)
@@ -195,6 +196,15 @@ class ReconstructionTask:
             outs.append(out[..., :inputs.shape[-2], :inputs.shape[-1]].cpu())
         return torch.cat(outs) if outs else torch.zeros((0, 1, *inputs.shape[2:]))
 
+    def consistent(self, restored: np.ndarray, inputs: torch.Tensor) -> np.ndarray:
+        """Display-unit network outputs, for sparse-view CT corrected towards the measured views
+        (:mod:`meddx.classical.consistency`; validation during training scores the network alone)."""
+        if self.degradation.kind != "sparseview":
+            return restored
+        from meddx.classical.consistency import sparse_view_consistency
+
+        return sparse_view_consistency(restored, self.to_display(inputs), self.degradation.views)[0]
+
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]:
         from meddx.metrics.image_quality import image_scores
@@ -215,11 +225,15 @@ class ReconstructionTask:
 
         inputs, targets = self.pairs(request.split)
         tic = time.perf_counter()
-        out = self.predict(model, inputs, request.device)
+        alone = self.to_display(self.predict(model, inputs, request.device))
+        learned = self.consistent(alone, inputs)
         seconds = (time.perf_counter() - tic) / max(len(inputs), 1)
-        clean, degraded, learned = self.to_display(targets), self.to_display(inputs), self.to_display(out)
+        clean, degraded = self.to_display(targets), self.to_display(inputs)
         rng = self.intensity_range
-        methods = {"degraded input": degraded, **self.classical(inputs, request.reference), "network": learned}
+        methods = {"degraded input": degraded, **self.classical(inputs, request.reference)}
+        if learned is not alone:
+            methods["network alone (no data consistency)"] = alone
+        methods["network"] = learned
         per_method = {k: summarize_scores(image_scores(clean, v, rng), request.n_bootstrap)
                       for k, v in methods.items()}
         net = per_method["network"]
@@ -284,7 +298,8 @@ class ReconstructionTask:
             x = np.stack([image.real, image.imag, mask])[None].astype(np.float32)
         else:
             x = (image.astype(np.float32) / HU_SCALE)[None, None]
-        return self.to_display(self.predict(model, torch.from_numpy(np.ascontiguousarray(x)), device))[0]
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        return self.consistent(self.to_display(self.predict(model, x, device)), x)[0]
 
     def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
                       ) -> list[dict[str, Any]]:
@@ -324,30 +339,6 @@ def random_crops(x: torch.Tensor, y: torch.Tensor, patch: int, generator: torch.
     xs = [x[i, :, a:a + patch, b:b + patch] for i, (a, b) in enumerate(starts)]
     ys = [y[i, :, a:a + patch, b:b + patch] for i, (a, b) in enumerate(starts)]
     return torch.stack(xs), torch.stack(ys)
-
-
-def check_range(x: np.ndarray, modality: str, where: str | None = None) -> None:
-    """CT must be HU (air near -1000, not a 0..1 or 0..255 display range); MRI magnitudes in [0, 1]."""
-    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-    if modality == "ct" and lo > -500.0:
-        raise MeddxError(f"CT slices must be in HU (air about -1000); these span {lo:g}..{hi:g} (a display "
-                         "range? convert to HU first)", where)
-    if modality == "mri" and (lo < -1e-3 or hi > 1.0 + 1e-3):
-        raise MeddxError(f"MRI slices must be magnitudes scaled to [0, 1]; these span {lo:g}..{hi:g}", where)
-
-
-def check_slice(image: np.ndarray, mri: bool, where: str | Path | None = None) -> np.ndarray:
-    """One 2D slice of at least 16 px (MRI: sides a multiple of 8); complex only for MRI; finite."""
-    image = np.squeeze(np.asarray(image))
-    if np.iscomplexobj(image) and not mri:
-        raise MeddxError("complex values where a real CT slice (HU) is expected", where)
-    if image.ndim != 2 or min(image.shape) < 16:
-        raise MeddxError(f"expected one 2D slice of at least 16 x 16 px, got shape {image.shape}", where)
-    if mri and (image.shape[0] % 8 or image.shape[1] % 8):
-        raise MeddxError(f"MRI slices need sides that are multiples of 8 (the U-Net), got {image.shape}", where)
-    if not np.isfinite(image).all():
-        raise MeddxError("slice contains NaN or infinite values", where)
-    return image
 
 
 def headline(m: dict[str, Any]) -> str:
