@@ -79,3 +79,43 @@ def test_bad_arrays_are_one_line_errors(ct_run, tmp_path, array, message):
     res = _invoke(ct_run, tmp_path / "bad.npy")
     assert res.exit_code == 2 and message in res.output and res.output.startswith("error: ")
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory):
+    from meddx.data.recon_data import load_phantom_ct
+    from meddx.engine.config import TrainConfig
+    from meddx.engine.fit import fit
+
+    data = load_phantom_ct(32, 0, {"train": 8, "val": 2, "test": 2})
+    cfg = TrainConfig(data="phantom", task="reconstruction", degrade="sparseview", epochs=1, batch_size=4, size=32,
+                      out=str(tmp_path_factory.mktemp("sparse")), name="run", progress=False)
+    return fit(cfg, data=data).path
+
+
+def test_sparse_view_output_agrees_with_the_measured_views_better_than_the_network(sparse_run, tmp_path):
+    import torch
+
+    from meddx.data.degrade import sparse_view_ct
+    from meddx.data.phantom import make_slices
+    from meddx.runtimes import open_runtime
+
+    scan = sparse_view_ct(make_slices(1, size=48, seed=7).images[0], 60)
+    np.save(tmp_path / "scan.npy", scan)
+    res = _invoke(sparse_run, tmp_path / "scan.npy", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    out = np.load(tmp_path / "scan_recon.npy")
+    rt = open_runtime("torch", sparse_run)
+    alone = rt.task.to_display(rt.task.predict(rt.model, torch.from_numpy(scan / 1000.0)[None, None].float()))[0]
+
+    def residual(x):
+        return np.sqrt(np.mean((scan - sparse_view_ct(x, 60)) ** 2))
+
+    assert residual(out) < 0.7 * residual(alone)
+
+
+def test_sparse_view_run_refuses_a_slice_that_is_not_its_scan(sparse_run, tmp_path):
+    np.save(tmp_path / "wide.npy", np.full((40, 48), -1000.0, np.float32))
+    res = _invoke(sparse_run, tmp_path / "wide.npy")
+    assert res.exit_code == 2 and "square slice" in res.output and res.output.startswith("error: ")
+    assert len(res.output.strip().splitlines()) == 1

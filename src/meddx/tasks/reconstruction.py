@@ -196,11 +196,15 @@ class ReconstructionTask:
             outs.append(out[..., :inputs.shape[-2], :inputs.shape[-1]].cpu())
         return torch.cat(outs) if outs else torch.zeros((0, 1, *inputs.shape[2:]))
 
-    def consistent(self, restored: np.ndarray, inputs: torch.Tensor) -> np.ndarray:
+    def consistent(self, restored: np.ndarray, inputs: torch.Tensor, where: str | Path | None = None) -> np.ndarray:
         """Display-unit network outputs, for sparse-view CT corrected towards the measured views
         (:mod:`meddx.classical.consistency`; validation during training scores the network alone)."""
         if self.degradation.kind != "sparseview":
             return restored
+        if restored.shape[-1] != restored.shape[-2]:
+            raise MeddxError(f"a sparse-view run assumes its own scan: a square slice whose field of view is the "
+                             f"inscribed circle, {self.degradation.views} parallel views; got {restored.shape[-2:]}",
+                             where)
         from meddx.classical.consistency import sparse_view_consistency
 
         return sparse_view_consistency(restored, self.to_display(inputs), self.degradation.views)[0]
@@ -299,7 +303,7 @@ class ReconstructionTask:
         else:
             x = (image.astype(np.float32) / HU_SCALE)[None, None]
         x = torch.from_numpy(np.ascontiguousarray(x))
-        return self.consistent(self.to_display(self.predict(model, x, device)), x)[0]
+        return self.consistent(self.to_display(self.predict(model, x, device)), x, where)[0]
 
     def predict_files(self, predictor: Any, paths: list[str | Path], out_dir: str | Path | None = None
                       ) -> list[dict[str, Any]]:
