@@ -2,7 +2,7 @@
 ``meddx.classical.consistency`` against the network alone, for a trained sparse-view run (how the defaults were
 chosen; the test split is never read here).
 
-    python benchmarks/recon_consistency.py RUN [--steps 0.2x8 0.3x4 0.3x8 0.3x12 0.5x8]
+    python benchmarks/recon_consistency.py RUN [--steps 0.2x8 0.3x8 0.4x8] [--plain]
 
 RUN: a run folder of ``meddx train --task reconstruction --degrade sparseview`` (any ``--size``). Prints the mean
 validation PSNR of the input, the network, and the network + each setting, with the seconds per slice and how
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_json, print_table  # noqa: E402
 
-DEFAULT_SETTINGS = ["0.2x8", "0.3x4", "0.3x8", "0.3x12", "0.5x8"]
+DEFAULT_SETTINGS = ["0.2x8", "0.3x4", "0.3x8", "0.3x12", "0.4x8", "0.5x8"]
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
     ap.add_argument("--steps", nargs="*", default=DEFAULT_SETTINGS, help="STEPxCOUNT settings")
+    ap.add_argument("--plain", action="store_true", help="plain steps (no Nesterov acceleration)")
     args = ap.parse_args()
     run = RunDir.open(args.run)
     cfg = TrainConfig.load(run.config)
@@ -54,8 +55,9 @@ def main() -> None:
         step, count = setting.split("x")
         tic = time.perf_counter()
         out, kept = sparse_view_consistency(network, degraded, task.degradation.views, step=float(step),
-                                            steps=int(count))
-        rows.append({"method": f"network + consistency {setting}", "psnr": psnr(out),
+                                            steps=int(count), accelerated=not args.plain)
+        kind = "plain" if args.plain else "accelerated"
+        rows.append({"method": f"network + consistency {setting} {kind}", "psnr": psnr(out),
                      "s_per_slice": (time.perf_counter() - tic) / len(out), "steps_kept_mean": float(kept.mean())})
     print_table(rows, ["method", "psnr", "s_per_slice", "steps_kept_mean"],
                 f"validation ({len(clean)} slices, {task.side} px, {task.degradation.views} views): {args.run}")

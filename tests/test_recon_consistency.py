@@ -70,3 +70,15 @@ def test_bad_arguments_are_one_line_errors(slices):
         sparse_view_consistency(slices, slices[:1], 30)
     with pytest.raises(MeddxError, match="step"):
         sparse_view_consistency(slices, slices, 30, step=1.5)
+
+
+def test_acceleration_gets_further_in_the_same_number_of_steps(slices):
+    from meddx.classical.consistency import sparse_view_consistency
+    from meddx.data.degrade import sparse_view_ct
+
+    measured = np.stack([sparse_view_ct(s, 30) for s in slices])
+    blurred = np.stack([gaussian_filter(s, 1.5) for s in slices])
+    plain, _ = sparse_view_consistency(blurred, measured, 30, steps=4, accelerated=False)
+    fast, _ = sparse_view_consistency(blurred, measured, 30, steps=4)
+    for p, f, b in zip(plain, fast, measured):
+        assert _residual(f, b, 30) < _residual(p, b, 30)
