@@ -54,12 +54,13 @@ def main() -> None:
     for setting in args.steps:
         step, count = setting.split("x")
         tic = time.perf_counter()
-        out, kept = sparse_view_consistency(network, degraded, task.degradation.views, step=float(step),
-                                            steps=int(count), accelerated=not args.plain)
+        out, kept, left = sparse_view_consistency(network, degraded, task.degradation.views, step=float(step),
+                                                  steps=int(count), accelerated=not args.plain)
         kind = "plain" if args.plain else "accelerated"
         rows.append({"method": f"network + consistency {setting} {kind}", "psnr": psnr(out),
-                     "s_per_slice": (time.perf_counter() - tic) / len(out), "steps_kept_mean": float(kept.mean())})
-    print_table(rows, ["method", "psnr", "s_per_slice", "steps_kept_mean"],
+                     "s_per_slice": (time.perf_counter() - tic) / len(out), "steps_kept_mean": float(kept.mean()),
+                     "residual_left_max": float(left.max())})
+    print_table(rows, ["method", "psnr", "s_per_slice", "steps_kept_mean", "residual_left_max"],
                 f"validation ({len(clean)} slices, {task.side} px, {task.degradation.views} views): {args.run}")
     print_json(rows)
 

@@ -35,8 +35,8 @@ def test_consistency_moves_a_blurred_estimate_towards_the_truth(slices):
 
     measured = np.stack([sparse_view_ct(s, 30) for s in slices])
     blurred = np.stack([gaussian_filter(s, 1.5) for s in slices])  # a "network" that lost the fine detail
-    out, kept = sparse_view_consistency(blurred, measured, 30)
-    assert (kept > 0).all()
+    out, kept, left = sparse_view_consistency(blurred, measured, 30)
+    assert (kept > 0).all() and (left < 0.5).all()
     for truth, start, end, b in zip(slices, blurred, out, measured):
         assert _psnr(truth, end) > _psnr(truth, start) + 1.0  # the measured views carry the lost detail
         assert _residual(end, b, 30) < 0.5 * _residual(start, b, 30)
@@ -47,7 +47,7 @@ def test_consistent_truth_is_left_alone(slices):
     from meddx.data.degrade import sparse_view_ct
 
     measured = np.stack([sparse_view_ct(s, 30) for s in slices])
-    out, _ = sparse_view_consistency(slices, measured, 30)
+    out = sparse_view_consistency(slices, measured, 30).images
     assert np.abs(out - slices).max() < 1.0  # HU: the truth already agrees with its own views
 
 
@@ -57,10 +57,11 @@ def test_an_input_from_another_acquisition_is_never_made_less_consistent(slices)
     rng = np.random.default_rng(0)
     measured = slices + rng.normal(0, 300, slices.shape).astype(np.float32)  # not a 30-view FBP of anything
     start = np.stack([gaussian_filter(s, 1.0) for s in slices])
-    out, kept = sparse_view_consistency(start, measured, 30, step=1.0, steps=6)  # undamped: would diverge
+    out, kept, left = sparse_view_consistency(start, measured, 30, step=1.0, steps=6)  # undamped: would diverge
     for s, e, b in zip(start, out, measured):
         assert _residual(e, b, 30) <= _residual(s, b, 30)
     assert (kept < 6).any()  # the safeguard stopped at least one slice early
+    assert (left > 0.5).all()  # and the share left says the input is not the assumed scan
 
 
 def test_bad_arguments_are_one_line_errors(slices):
@@ -78,7 +79,7 @@ def test_acceleration_gets_further_in_the_same_number_of_steps(slices):
 
     measured = np.stack([sparse_view_ct(s, 30) for s in slices])
     blurred = np.stack([gaussian_filter(s, 1.5) for s in slices])
-    plain, _ = sparse_view_consistency(blurred, measured, 30, steps=4, accelerated=False)
-    fast, _ = sparse_view_consistency(blurred, measured, 30, steps=4)
+    plain = sparse_view_consistency(blurred, measured, 30, steps=4, accelerated=False).images
+    fast = sparse_view_consistency(blurred, measured, 30, steps=4).images
     for p, f, b in zip(plain, fast, measured):
         assert _residual(f, b, 30) < _residual(p, b, 30)

@@ -119,3 +119,15 @@ def test_sparse_view_run_refuses_a_slice_that_is_not_its_scan(sparse_run, tmp_pa
     res = _invoke(sparse_run, tmp_path / "wide.npy")
     assert res.exit_code == 2 and "square slice" in res.output and res.output.startswith("error: ")
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_sparse_view_run_refuses_a_full_view_slice(sparse_run, tmp_path):
+    from meddx.data.degrade import ct_reference
+    from meddx.data.phantom import make_slices
+
+    np.save(tmp_path / "full.npy", ct_reference(make_slices(1, size=96, seed=7).images[0]))  # no streaks at all
+    res = _invoke(sparse_run, tmp_path / "full.npy")
+    assert res.exit_code == 2 and "is not a 60-view FBP" in res.output and res.output.startswith("error: ")
+    assert len(res.output.strip().splitlines()) == 1
+    np.save(tmp_path / "air.npy", np.full((48, 48), -1000.0, np.float32))  # nothing to disagree about: accepted
+    assert _invoke(sparse_run, tmp_path / "air.npy", "--out", tmp_path).exit_code == 0
