@@ -54,8 +54,8 @@ def main() -> None:
     for setting in args.steps:
         step, count = setting.split("x")
         tic = time.perf_counter()
-        out, kept, left = sparse_view_consistency(network, degraded, task.degradation.views, step=float(step),
-                                                  steps=int(count), accelerated=not args.plain)
+        out, kept, left, _ = sparse_view_consistency(network, degraded, task.degradation.views, step=float(step),
+                                                     steps=int(count), accelerated=not args.plain)
         kind = "plain" if args.plain else "accelerated"
         rows.append({"method": f"network + consistency {setting} {kind}", "psnr": psnr(out),
                      "s_per_slice": (time.perf_counter() - tic) / len(out), "steps_kept_mean": float(kept.mean()),

@@ -35,7 +35,7 @@ def test_consistency_moves_a_blurred_estimate_towards_the_truth(slices):
 
     measured = np.stack([sparse_view_ct(s, 30) for s in slices])
     blurred = np.stack([gaussian_filter(s, 1.5) for s in slices])  # a "network" that lost the fine detail
-    out, kept, left = sparse_view_consistency(blurred, measured, 30)
+    out, kept, left, _ = sparse_view_consistency(blurred, measured, 30)
     assert (kept > 0).all() and (left < 0.5).all()
     for truth, start, end, b in zip(slices, blurred, out, measured):
         assert _psnr(truth, end) > _psnr(truth, start) + 1.0  # the measured views carry the lost detail
@@ -57,11 +57,12 @@ def test_an_input_from_another_acquisition_is_never_made_less_consistent(slices)
     rng = np.random.default_rng(0)
     measured = slices + rng.normal(0, 300, slices.shape).astype(np.float32)  # not a 30-view FBP of anything
     start = np.stack([gaussian_filter(s, 1.0) for s in slices])
-    out, kept, left = sparse_view_consistency(start, measured, 30, step=1.0, steps=6)  # undamped: would diverge
+    fixed = sparse_view_consistency(start, measured, 30, step=1.0, steps=6)
+    out, kept, left = fixed.images, fixed.steps, fixed.residual_left  # undamped: would diverge
     for s, e, b in zip(start, out, measured):
         assert _residual(e, b, 30) <= _residual(s, b, 30)
     assert (kept < 6).any()  # the safeguard stopped at least one slice early
-    assert (left > 0.5).all()  # and the share left says the input is not the assumed scan
+    assert (left > 0.5).all() and len(fixed.unexplained()) == len(slices)  # not the assumed scan: flagged
 
 
 def test_bad_arguments_are_one_line_errors(slices):

@@ -42,14 +42,20 @@ from meddx.errors import MeddxError
 STEP, STEPS = 0.3, 8  # damping and number of steps (chosen on validation; see the module docstring)
 # A slice whose input is a sparse-view FBP of the assumed scan ends with 6-8 % of the network's residual left
 # (validation, 31 real-CT slices); a full-view slice given to a sparse-view run keeps 69-84 % of it, and the
-# correction then makes it worse (36.2 -> 33.2 dB). Above this share the input is not the assumed scan.
-MAX_RESIDUAL_LEFT = 0.5
+# correction then makes it worse (36.2 -> 33.2 dB). Above this share, and with more than MIN_RESIDUAL_HU of it
+# (RMS, HU; 0.9 HU left on the genuine slices, 27 HU on the full-view ones), the input is not the assumed scan.
+MAX_RESIDUAL_LEFT, MIN_RESIDUAL_HU = 0.5, 5.0
 
 
 class Corrected(NamedTuple):
     images: np.ndarray  # (N, S, S) corrected slices, HU
     steps: np.ndarray  # the step at which each slice's residual was least
     residual_left: np.ndarray  # least residual / the network's own (0 where the network already agreed)
+    residual_hu: np.ndarray  # least residual, RMS in HU
+
+    def unexplained(self) -> np.ndarray:
+        """Slices whose input the assumed scan cannot explain (see MAX_RESIDUAL_LEFT)."""
+        return np.flatnonzero((self.residual_left > MAX_RESIDUAL_LEFT) & (self.residual_hu > MIN_RESIDUAL_HU))
 
 
 def sparse_view_consistency(restored: np.ndarray, measured_fbp: np.ndarray, views: int, *, step: float = STEP,
@@ -61,16 +67,17 @@ def sparse_view_consistency(restored: np.ndarray, measured_fbp: np.ndarray, view
         raise MeddxError(f"need two (N, S, S) stacks of one shape, got {restored.shape} and {measured_fbp.shape}")
     if not 0.0 < step <= 1.0:
         raise MeddxError(f"the data-consistency step must be in (0, 1], got {step}")
-    out, kept, left = np.empty_like(restored), np.zeros(len(restored), np.int64), np.zeros(len(restored))
+    out, kept = np.empty_like(restored), np.zeros(len(restored), np.int64)
+    left, residual = np.zeros(len(restored)), np.zeros(len(restored))
     for i, (x, b) in enumerate(zip(restored, measured_fbp)):
-        out[i], kept[i], left[i] = _correct_one(x, b, views, step, steps, accelerated)
-    return Corrected(out, kept, left)
+        out[i], kept[i], left[i], residual[i] = _correct_one(x, b, views, step, steps, accelerated)
+    return Corrected(out, kept, left, residual)
 
 
 def _correct_one(x: np.ndarray, b: np.ndarray, views: int, step: float, steps: int, accelerated: bool
-                 ) -> tuple[np.ndarray, int, float]:
-    """Nesterov-accelerated steps with adaptive restart; returns the slice of least residual seen, its step, and
-    the share of the starting residual left."""
+                 ) -> tuple[np.ndarray, int, float, float]:
+    """Nesterov-accelerated steps with adaptive restart; returns the slice of least residual seen, its step, the
+    share of the starting residual left, and that residual."""
     from meddx.data.degrade import sparse_view_ct
 
     best, best_residual, best_step, first = x, np.inf, 0, None
@@ -89,4 +96,4 @@ def _correct_one(x: np.ndarray, b: np.ndarray, views: int, step: float, steps: i
         beta = (momentum - 1) / (momentum + 2) if accelerated else 0.0
         momentum += 1
         point, previous = moved + beta * (moved - previous), moved
-    return best, best_step, best_residual / first if first > 1.0 else 0.0  # < 1 HU: already consistent
+    return best, best_step, best_residual / first if first > 0.0 else 0.0, best_residual

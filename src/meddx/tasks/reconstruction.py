@@ -205,12 +205,12 @@ class ReconstructionTask:
             raise MeddxError(f"a sparse-view run assumes its own scan: a square slice whose field of view is the "
                              f"inscribed circle, {self.degradation.views} parallel views; got {restored.shape[-2:]}",
                              where)
-        from meddx.classical.consistency import MAX_RESIDUAL_LEFT, sparse_view_consistency
+        from meddx.classical.consistency import sparse_view_consistency
 
         views = self.degradation.views
         fixed = sparse_view_consistency(restored, self.to_display(inputs), views)
-        if (fixed.residual_left > MAX_RESIDUAL_LEFT).any():
-            i = int(np.argmax(fixed.residual_left))
+        if len(fixed.unexplained()):
+            i = int(fixed.unexplained()[0])
             raise MeddxError(f"slice {i} is not a {views}-view FBP like this run's scans: its {views} views explain "
                              f"only {1 - fixed.residual_left[i]:.0%} of the network's disagreement with it (such a "
                              "scan: over 90 %); a full-view or other-geometry slice would be made worse", where)
