@@ -17,6 +17,7 @@ outside it are air, -1000 HU), as for skimage's ``circle=True`` geometry.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,11 +77,15 @@ def _check_real_2d(image: np.ndarray, what: str) -> np.ndarray:
     return image.astype(np.float64)
 
 
+@functools.lru_cache(maxsize=8)
 def field_of_view(size: int) -> np.ndarray:
     """Boolean mask of the circle inscribed in a ``size`` x ``size`` image, exactly as skimage ``radon``'s
-    ``circle=True`` check defines it (centre ``size // 2``, radius ``size // 2``)."""
+    ``circle=True`` check defines it (centre ``size // 2``, radius ``size // 2``). Cached and read-only: every
+    projection and FBP needs it (1 ms at 256 px, twice per data-consistency step)."""
     yy, xx = np.mgrid[:size, :size]
-    return (yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= (size // 2) ** 2
+    mask = (yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= (size // 2) ** 2
+    mask.setflags(write=False)
+    return mask
 
 
 def ct_reference(hu: np.ndarray) -> np.ndarray:
