@@ -184,7 +184,7 @@ def test_augmented_pairs_are_new_deterministic_and_keep_labels():
 
 @pytest.mark.parametrize(("shape", "window"), [((3, 1, 17, 13), 7), ((2, 1, 6, 9, 7), 5), ((1, 1, 4, 3), 3)])
 def test_fixed_image_lncc_equals_monai_in_value_and_gradient(shape, window):
-    """Several pairs side by side (their windows must not reach each other), images narrower than the window."""
+    """2D and 3D, several pairs (their windows must not reach each other), images narrower than the window."""
     from monai.losses import LocalNormalizedCrossCorrelationLoss
 
     from meddx.models.registration_refine import FixedImageLNCC

@@ -46,45 +46,44 @@ class FixedImageLNCC:
 
     MONAI filters five images per call (t, p, t^2, p^2, tp), each by one padded convolution per axis: 10 padded
     convolutions per step in 2D, 15 in 3D, forward and backward. Here the fixed image's window sums and variance are
-    computed once, and the three that change (p, p^2, tp) are laid side by side in one image (``_window_sums``) and
-    filtered by one zero-padded convolution per axis: 2 calls per step in 2D, 3 in 3D. The whole refinement
-    (``benchmarks/registration_refine.py``, 2 threads): 64 x 64, 50 steps 0.056 vs 0.074 s with MONAI's (1.32x);
-    32 x 48 x 48, 20 steps 0.40 vs 0.29 s (0.72x: the task uses this in 2D only).
+    computed once, and the window sums of the three that change (p, p^2, tp) come from cumulative sums
+    (``window_sums``: a pad, a cumsum and a difference per axis, whatever the window), which also stay fast for a
+    batch of pairs, where a one-channel convolution falls onto a slow path. Whole refinement
+    (``benchmarks/registration_refine.py``, 2 threads, one pair): see benchmarks/RESULTS.md.
     """
 
     def __init__(self, fixed: torch.Tensor, kernel_size: int, smooth_dr: float = 1e-5) -> None:
         self.fixed, self.nd, self.k, self.smooth_dr = fixed, fixed.ndim - 2, kernel_size, smooth_dr
         self.volume = float(kernel_size ** self.nd)
-        t_sum, t2_sum = self._window_sums(torch.cat([fixed, fixed * fixed], 1))
+        t_sum, t2_sum = window_sums(torch.cat([fixed, fixed * fixed], 1), kernel_size).split(1, 1)
         self.t_sum = t_sum
         self.t_var = (t2_sum - t_sum / self.volume * t_sum).clamp_min(smooth_dr)
-
-    def _window_sums(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Window sums of each channel of (N, C, *S), zero outside the image, as C tensors (N, 1, *S).
-
-        The N*C images are laid side by side along the last axis, k//2 zero columns apart, and filtered as one
-        image of one channel: a separated window never reaches the next image. (On the CPU a one-channel
-        convolution of one wide image runs several times faster than the same work as a batch or as channels.)"""
-        n, c, *spatial = x.shape
-        gap = self.k // 2
-        blocks = F.pad(x.reshape(n * c, *spatial), (0, gap))  # (B, *S[:-1], W + gap)
-        out = blocks.movedim(0, -2).reshape(1, 1, *spatial[:-1], -1)
-        conv = F.conv2d if self.nd == 2 else F.conv3d
-        for d in range(self.nd):
-            shape, padding = [1] * self.nd, [0] * self.nd
-            shape[d], padding[d] = self.k, gap
-            out = conv(out, x.new_ones((1, 1, *shape)), padding=tuple(padding))
-        out = out.reshape(*spatial[:-1], n * c, spatial[-1] + gap)[..., :spatial[-1]].movedim(-2, 0)
-        return list(out.reshape(n, c, *spatial).split(1, 1))
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target is not self.fixed:
             raise ValueError("FixedImageLNCC compares with the fixed image it was built for")
-        p_sum, p2_sum, tp_sum = self._window_sums(torch.cat([pred, pred * pred, target * pred], 1))
+        sums = window_sums(torch.cat([pred, pred * pred, target * pred], 1), self.k)
+        p_sum, p2_sum, tp_sum = sums.split(1, 1)
         p_avg = p_sum / self.volume
         cross = tp_sum - p_avg * self.t_sum
         p_var = (p2_sum - p_avg * p_sum).clamp_min(self.smooth_dr)
         return -(cross * cross / (self.t_var * p_var)).mean()
+
+
+def window_sums(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Sums of (N, C, *S) over a centred ``kernel_size`` window per axis (odd), zero outside the image, as MONAI's
+    LNCC computes them with padded convolutions: along each axis, pad, cumulative sum, and the difference of the
+    sums ``kernel_size`` apart. (Written by hand: PyTorch has no box filter, and ``avg_pool`` with stride 1 costs
+    ``kernel_size`` ** D per voxel.)"""
+    nd, half = x.ndim - 2, kernel_size // 2
+    for axis in range(2, 2 + nd):
+        pad = [0, 0] * nd
+        pad[2 * (nd + 1 - axis)] = half + 1  # F.pad lists the last axis first
+        pad[2 * (nd + 1 - axis) + 1] = half
+        total = F.pad(x, pad).cumsum(axis)
+        n = x.shape[axis]
+        x = total.narrow(axis, kernel_size, n) - total.narrow(axis, 0, n)
+    return x
 
 
 def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, similarity: Callable, *,
