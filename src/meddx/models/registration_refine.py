@@ -75,7 +75,9 @@ def window_sums(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     LNCC computes them with padded convolutions: along each axis, pad, cumulative sum, and the difference of the
     sums ``kernel_size`` apart. (Written by hand: PyTorch has no box filter, and ``avg_pool`` with stride 1 costs
     ``kernel_size`` ** D per voxel.)"""
-    nd, half = x.ndim - 2, kernel_size // 2
+    nd, half, dtype = x.ndim - 2, kernel_size // 2, x.dtype
+    x = x.double()  # in float32 a difference of running sums loses the small variances of flat regions, where
+    # LNCC divides by them: on the real Colin27 -> MNI152 pair that folded 0.2 % of the voxels (Dice 0.77 vs 0.94)
     for axis in range(2, 2 + nd):
         pad = [0, 0] * nd
         pad[2 * (nd + 1 - axis)] = half + 1  # F.pad lists the last axis first
@@ -83,7 +85,7 @@ def window_sums(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
         total = F.pad(x, pad).cumsum(axis)
         n = x.shape[axis]
         x = total.narrow(axis, kernel_size, n) - total.narrow(axis, 0, n)
-    return x
+    return x.to(dtype)
 
 
 def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, similarity: Callable, *,

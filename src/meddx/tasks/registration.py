@@ -158,8 +158,10 @@ class RegistrationTask:
             ddf = compose_after_affine(model(torch.cat([fixed, aligned], 1)).float(), affine)
         else:
             ddf = model(x).float()
-        if self.similarity == "lncc":  # the same loss, the fixed image's window sums computed once: faster
-            sim = FixedImageLNCC(fixed, LNCC_WINDOW[self.spatial_dims])  # (benchmarks/registration_refine.py)
+        if self.similarity == "lncc" and self.spatial_dims == 2:
+            # the same loss, the fixed image's window sums computed once: the 2D refinement 1.5x faster; in 3D its
+            # float64 running sums cost what they save (0.9-1.2x, benchmarks/registration_refine.py): MONAI's there
+            sim = FixedImageLNCC(fixed, LNCC_WINDOW[self.spatial_dims])
         return refine_field(fixed, moving, ddf, sim, **settings)
 
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
