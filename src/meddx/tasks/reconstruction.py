@@ -208,13 +208,14 @@ class ReconstructionTask:
         from meddx.classical.consistency import sparse_view_consistency
 
         views = self.degradation.views
-        fixed = sparse_view_consistency(restored, self.to_display(inputs), views)
-        if len(fixed.unexplained()):
-            i = int(fixed.unexplained()[0])
+        corrected = sparse_view_consistency(restored, self.to_display(inputs), views)
+        unexplained = corrected.unexplained()
+        if len(unexplained):
+            i = int(unexplained[0])
             raise MeddxError(f"slice {i} is not a {views}-view FBP like this run's scans: its {views} views explain "
-                             f"only {1 - fixed.residual_left[i]:.0%} of the network's disagreement with it (such a "
-                             "scan: over 90 %); a full-view or other-geometry slice would be made worse", where)
-        return fixed.images
+                             f"only {1 - corrected.residual_left[i]:.0%} of the network's disagreement with it (such "
+                             "a scan: over 90 %); a full-view or other-geometry slice would be made worse", where)
+        return corrected.images
 
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]:
