@@ -69,6 +69,26 @@ class FixedImageLNCC:
         p_var = (p2_sum - p_avg * p_sum).clamp_min(self.smooth_dr)
         return -(cross * cross / (self.t_var * p_var)).mean()
 
+    def value_and_grad(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss against the fixed image and its gradient with respect to ``pred``, in closed form.
+
+        With window sums S(.), V voxels a window, cross = S(tp) - S(p) S(t) / V, var_p = S(p^2) - S(p)^2 / V
+        (floored at ``smooth_dr``) and r = cross^2 / (var_t var_p), the loss is -mean(r); its derivatives with
+        respect to the three window sums follow, and S is its own adjoint (a centred box with zero padding)."""
+        t = self.fixed
+        p_sum, p2_sum, tp_sum = window_sums(torch.cat([pred, pred * pred, t * pred], 1), self.k).split(1, 1)
+        cross = tp_sum - p_sum / self.volume * self.t_sum
+        p_var_raw = p2_sum - p_sum / self.volume * p_sum
+        p_var = p_var_raw.clamp_min(self.smooth_dr)
+        denom = self.t_var * p_var
+        ratio = cross * cross / denom
+        n = ratio.numel()
+        d_cross = -2 * cross / denom / n
+        d_var = ratio / p_var / n * (p_var_raw >= self.smooth_dr)  # the floor passes no gradient
+        d_p_sum = -(d_cross * self.t_sum + 2 * d_var * p_sum) / self.volume
+        b_p, b_p2, b_tp = window_sums(torch.cat([d_p_sum, d_var, d_cross], 1), self.k).split(1, 1)
+        return -ratio.sum() / n, b_p + 2 * pred * b_p2 + t * b_tp
+
 
 def window_sums(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Sums of (N, C, *S) over a centred ``kernel_size`` window per axis (odd), zero outside the image, as MONAI's
@@ -96,6 +116,9 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, s
 
     if steps <= 0:
         return ddf
+    if isinstance(similarity, FixedImageLNCC):
+        return _refine_closed_form(fixed, moving, ddf, similarity, steps=steps, lr=lr, reg_weight=reg_weight,
+                                   grid=grid)
     spatial = ddf.shape[2:]
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
     coarse = [max(1, s // grid) for s in spatial]
@@ -113,6 +136,28 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, s
             sched.step()
     with torch.no_grad():
         return base + F.interpolate(u, size=spatial, mode=mode, align_corners=False)
+
+
+def _refine_closed_form(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, lncc: FixedImageLNCC, *,
+                        steps: int, lr: float, reg_weight: float, grid: int) -> torch.Tensor:
+    """:func:`refine_field`'s loop with the gradients written out (:mod:`meddx.models.registration_gradients`):
+    the same steps as autograd and ``torch.optim.Adam`` take, 1.4-1.8x faster (benchmarks/registration_refine.py)."""
+    from meddx.models.registration_gradients import Adam, Upsampling, cosine_rates, diffusion_and_grad, warp_and_grad
+
+    if fixed is not lncc.fixed:
+        raise ValueError("FixedImageLNCC compares with the fixed image it was built for")
+    spatial = tuple(ddf.shape[2:])
+    coarse = tuple(max(1, s // grid) for s in spatial)
+    up = Upsampling(coarse, spatial, ddf.dtype, ddf.device)
+    u = torch.zeros((ddf.shape[0], ddf.shape[1], *coarse), dtype=ddf.dtype, device=ddf.device)
+    base, warp, adam = ddf.detach(), GridWarp(spatial, ddf.dtype, ddf.device), Adam(u)
+    with torch.no_grad():
+        for rate in cosine_rates(lr, steps):
+            field = base + up(u)
+            warped, pullback = warp_and_grad(warp, moving, field)
+            grad = pullback(lncc.value_and_grad(warped)[1]) + reg_weight * diffusion_and_grad(field)[1]
+            adam.step(up.adjoint(grad), rate)
+        return base + up(u)
 
 
 def affine_field(fixed: torch.Tensor, moving: torch.Tensor, similarity: Callable, *, steps: int = 0,
