@@ -112,3 +112,20 @@ def test_closed_form_refinement_takes_autograds_steps(spatial, window):
     assert torch.allclose(closed, autograd, atol=1e-4)
     with pytest.raises(ValueError, match="fixed image it was built for"):
         refine.refine_field(fixed.clone(), moving, start, lncc, **settings)
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 13), (1, 6, 9, 7), (1, 12, 10)])
+def test_diffusion_gradient_on_the_coarse_grid_equals_the_full_one(shape):
+    """grad_u diffusion(base + up(u)), by small per-axis matrices, equals up.adjoint of the full-field gradient."""
+    from meddx.models.registration_gradients import GridDiffusion, Upsampling, diffusion_and_grad
+
+    n, spatial = shape[0], shape[1:]
+    nd, coarse = len(spatial), tuple(max(1, s // 3) for s in spatial)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn((n, nd, *spatial), generator=g)
+    u = torch.randn((n, nd, *coarse), generator=g)
+    up = Upsampling(coarse, spatial, torch.float32, "cpu")
+    expected = up.adjoint(diffusion_and_grad(base + up(u))[1])
+    got = GridDiffusion(up, base).grad(u)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert float(expected.abs().max()) > 1e-3

@@ -114,6 +114,45 @@ def diffusion_and_grad(field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return total / count, grad
 
 
+class GridDiffusion:
+    """The gradient of ``diffusion(base + up(u))`` with respect to the coarse correction ``u``, on the coarse grid.
+
+    The diffusion loss is a quadratic form, mean((T_d f)^2) summed over axes, with T_d the central difference along
+    axis d restricted to the interior (T_d = Delta on axis d, the interior's selection R on the others: a Kronecker
+    product), and ``up`` is a Kronecker product of one matrix per axis. So the gradient is
+    ``up.adjoint(grad at base)`` plus ``sum_d kron_e(A_e T_de' T_de A_e')`` applied to u: a few (coarse x coarse)
+    products a step instead of some twenty passes over the whole field."""
+
+    def __init__(self, up: Upsampling, base: torch.Tensor) -> None:
+        spatial = tuple(base.shape[2:])
+        count = base.shape[0] * base.shape[1] * math.prod(s - 2 for s in spatial)
+        self.offset = up.adjoint(diffusion_and_grad(base)[1])
+        self.terms = []
+        for d in range(len(spatial)):
+            mats = []
+            for e, (n, a) in enumerate(zip(spatial, up.mats)):
+                t = _central_difference(n, a.dtype, a.device) if e == d else _interior(n, a.dtype, a.device)
+                mats.append(a @ (t.T @ t) @ a.T)
+            mats[0] = mats[0] * (2.0 / count)
+            self.terms.append(mats)
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        return self.offset + sum(Upsampling._apply(u, mats) for mats in self.terms)
+
+
+def _central_difference(n: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """(n - 2, n): (x[i + 1] - x[i - 1]) / 2 at the interior points i = 1 .. n - 2."""
+    rows = torch.arange(n - 2, device=device)
+    t = torch.zeros((n - 2, n), dtype=dtype, device=device)
+    t[rows, rows], t[rows, rows + 2] = -0.5, 0.5
+    return t
+
+
+def _interior(n: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """(n - 2, n): the interior points 1 .. n - 2."""
+    return torch.eye(n, dtype=dtype, device=device)[1:-1]
+
+
 class Adam:
     """``torch.optim.Adam`` (default betas and eps, no weight decay) on one tensor, updated in place, with the
     learning rate given per step (the caller's schedule)."""
