@@ -117,7 +117,8 @@ def _vit_map(model: nn.Module, cls_row: torch.Tensor, spatial: tuple[int, ...]) 
 
 def _upsample(maps: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    return F.interpolate(maps.float(), size=spatial, mode=mode, align_corners=False)[:, 0]
+    maps = maps.float().mean(1, keepdim=True)  # several heads (attention-MIL): their mean
+    return F.interpolate(maps, size=spatial, mode=mode, align_corners=False)[:, 0]
 
 
 def attention_maps(model, x, targets, layer, options: dict[str, Any]) -> torch.Tensor:

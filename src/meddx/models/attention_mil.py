@@ -31,6 +31,7 @@ from meddx.models.monai_resnet import SLIM_WIDTHS, slim_resnet_kwargs
 
 INSTANCE_WIDTH = 128  # the per-location MLP's width (layer2 has 32 channels)
 ATTENTION_WIDTH = 64  # the hidden width of the attention scorer (Ilse et al. use 128 for 500-d instances)
+HEADS = 4  # attention distributions over the locations, each pooling its own weighted sum
 
 
 class SpatialSoftmax(nn.Module):
@@ -41,20 +42,21 @@ class SpatialSoftmax(nn.Module):
 
 
 class GatedAttentionPool(nn.Module):
-    """(N, C, *spatial) -> (N, C): the attention-weighted sum over locations; ``gate`` outputs the weights."""
+    """(N, C, *spatial) -> (N, heads * C): one attention-weighted sum over locations per head; ``gate`` outputs the
+    weights (N, heads, *spatial)."""
 
-    def __init__(self, channels: int, spatial_dims: int, hidden: int = ATTENTION_WIDTH) -> None:
+    def __init__(self, channels: int, spatial_dims: int, hidden: int = ATTENTION_WIDTH, heads: int = HEADS) -> None:
         super().__init__()
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.tanh_branch = conv(channels, hidden, 1)
         self.sigmoid_branch = conv(channels, hidden, 1)
-        self.score = conv(hidden, 1, 1)
+        self.score = conv(hidden, heads, 1)
         self.gate = SpatialSoftmax()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         hidden = torch.tanh(self.tanh_branch(h)) * torch.sigmoid(self.sigmoid_branch(h))
-        weights = self.gate(self.score(hidden))
-        return (h * weights).flatten(2).sum(-1)
+        weights = self.gate(self.score(hidden))  # (N, heads, *S)
+        return torch.bmm(weights.flatten(2), h.flatten(2).transpose(1, 2)).flatten(1)  # (N, heads * C)
 
 
 @functools.cache
@@ -73,7 +75,7 @@ def _mil_resnet_class() -> type:
             self.instance = nn.Sequential(conv(c2, width, 1), norm(width), nn.ReLU(inplace=True),
                                           conv(width, width, 1), norm(width), nn.ReLU(inplace=True))
             self.pool = GatedAttentionPool(width, dims)
-            self.fc = nn.Linear(width, kwargs["num_classes"])
+            self.fc = nn.Linear(width * HEADS, kwargs["num_classes"])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.act(self.bn1(self.conv1(x)))
