@@ -202,7 +202,7 @@ def test_report_section_adds_the_networks_own_attention():
 
 def test_mil_instances_are_local_and_the_weights_sum_to_one():
     """The attention-MIL model's instances see a bounded neighbourhood (so its attention can only pick a place by
-    what is there), and its attention weights form a distribution over locations."""
+    what is there), and its attention weights form a distribution over locations, one per head."""
     from meddx.explain.attention import attention_modules, recorded_attention
 
     model = create_model("mil_resnet18_slim", 1, 2, 64).eval()
@@ -221,5 +221,8 @@ def test_mil_instances_are_local_and_the_weights_sum_to_one():
     kind, modules = attention_modules(model)
     with recorded_attention(kind, modules) as maps, torch.no_grad():
         model(_x(3, 1, 64, 64, seed=1))
-    assert maps[0].shape == (3, 1, 32, 32)
-    torch.testing.assert_close(maps[0].flatten(1).sum(1), torch.ones(3))
+    from meddx.models.attention_mil import HEADS
+
+    assert maps[0].shape == (3, HEADS, 32, 32)
+    torch.testing.assert_close(maps[0].flatten(2).sum(2), torch.ones(3, HEADS))  # a distribution per head
+    assert not torch.allclose(maps[0][:, 0], maps[0][:, 1])  # the heads are not copies of one another
