@@ -57,8 +57,8 @@ _SPECS = (
               "resnet18_slim + attention gates (Attention U-Net's) on layer2/3 driven by layer4; method attention",
               "meddx", "layer3", "fc", (2, 3)),
     ModelSpec("mil_resnet18_slim", "attention_mil:build_mil_resnet18_slim",
-              "resnet18_slim to layer2 (local instances), a per-location MLP and gated attention-MIL pooling; "
-              "method attention", "meddx", "layer2", "fc", (2, 3)),
+              "resnet18_slim to layer2 (local instances), a per-location MLP and gated attention-MIL pooling "
+              "with 4 heads; method attention", "meddx", "layer2", "fc", (2, 3)),
     ModelSpec("vit_slim", "attention_nets:build_vit_slim",
               "vision transformer, 4 px patches below 64 px, 6 blocks x 3 heads, width 96; method attention",
               "timm", "patch_embed.proj", "head"),
