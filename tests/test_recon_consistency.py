@@ -57,12 +57,12 @@ def test_an_input_from_another_acquisition_is_never_made_less_consistent(slices)
     rng = np.random.default_rng(0)
     measured = slices + rng.normal(0, 300, slices.shape).astype(np.float32)  # not a 30-view FBP of anything
     start = np.stack([gaussian_filter(s, 1.0) for s in slices])
-    fixed = sparse_view_consistency(start, measured, 30, step=1.0, steps=6)
-    out, kept, left = fixed.images, fixed.steps, fixed.residual_left  # undamped: would diverge
+    corrected = sparse_view_consistency(start, measured, 30, step=1.0, steps=6)
+    out, kept, left = corrected.images, corrected.steps, corrected.residual_left  # undamped: would diverge
     for s, e, b in zip(start, out, measured):
         assert _residual(e, b, 30) <= _residual(s, b, 30)
     assert (kept < 6).any()  # the safeguard stopped at least one slice early
-    assert (left > 0.5).all() and len(fixed.unexplained()) == len(slices)  # not the assumed scan: flagged
+    assert (left > 0.5).all() and len(corrected.unexplained()) == len(slices)  # not the assumed scan: flagged
 
 
 def test_bad_arguments_are_one_line_errors(slices):

@@ -36,8 +36,11 @@ class GridWarp:
         self.base, self.scale = torch.stack(mesh)[None] * scale - 1, scale  # normalised voxel positions
 
     def __call__(self, image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-        grid = (self.base + ddf * self.scale).flip(1).movedim(1, -1)  # (N, *S, D), last axis x, y[, z]
-        return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
+        return F.grid_sample(image, self.grid(ddf), mode=mode, padding_mode="border", align_corners=True)
+
+    def grid(self, ddf: torch.Tensor) -> torch.Tensor:
+        """``grid_sample``'s grid for ``ddf`` (N, D, *S): (N, *S, D), normalised, last axis x, y[, z]."""
+        return (self.base + ddf * self.scale).flip(1).movedim(1, -1)
 
 
 class FixedImageLNCC:
@@ -60,14 +63,19 @@ class FixedImageLNCC:
         self.t_var = (t2_sum - t_sum / self.volume * t_sum).clamp_min(smooth_dr)
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.check_fixed(target)
+        _, cross, p_var_raw = self._moments(pred)
+        return -(cross * cross / (self.t_var * p_var_raw.clamp_min(self.smooth_dr))).mean()
+
+    def check_fixed(self, target: torch.Tensor) -> None:
         if target is not self.fixed:
             raise ValueError("FixedImageLNCC compares with the fixed image it was built for")
-        sums = window_sums(torch.cat([pred, pred * pred, target * pred], 1), self.k)
-        p_sum, p2_sum, tp_sum = sums.split(1, 1)
+
+    def _moments(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Window sum of ``pred``, its cross term with the fixed image and its unfloored variance (times V)."""
+        p_sum, p2_sum, tp_sum = window_sums(torch.cat([pred, pred * pred, self.fixed * pred], 1), self.k).split(1, 1)
         p_avg = p_sum / self.volume
-        cross = tp_sum - p_avg * self.t_sum
-        p_var = (p2_sum - p_avg * p_sum).clamp_min(self.smooth_dr)
-        return -(cross * cross / (self.t_var * p_var)).mean()
+        return p_sum, tp_sum - p_avg * self.t_sum, p2_sum - p_avg * p_sum
 
     def value_and_grad(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss against the fixed image and its gradient with respect to ``pred``, in closed form.
@@ -75,10 +83,7 @@ class FixedImageLNCC:
         With window sums S(.), V voxels a window, cross = S(tp) - S(p) S(t) / V, var_p = S(p^2) - S(p)^2 / V
         (floored at ``smooth_dr``) and r = cross^2 / (var_t var_p), the loss is -mean(r); its derivatives with
         respect to the three window sums follow, and S is its own adjoint (a centred box with zero padding)."""
-        t = self.fixed
-        p_sum, p2_sum, tp_sum = window_sums(torch.cat([pred, pred * pred, t * pred], 1), self.k).split(1, 1)
-        cross = tp_sum - p_sum / self.volume * self.t_sum
-        p_var_raw = p2_sum - p_sum / self.volume * p_sum
+        p_sum, cross, p_var_raw = self._moments(pred)
         p_var = p_var_raw.clamp_min(self.smooth_dr)
         denom = self.t_var * p_var
         ratio = cross * cross / denom
@@ -87,7 +92,7 @@ class FixedImageLNCC:
         d_var = ratio / p_var / n * (p_var_raw >= self.smooth_dr)  # the floor passes no gradient
         d_p_sum = -(d_cross * self.t_sum + 2 * d_var * p_sum) / self.volume
         b_p, b_p2, b_tp = window_sums(torch.cat([d_p_sum, d_var, d_cross], 1), self.k).split(1, 1)
-        return -ratio.sum() / n, b_p + 2 * pred * b_p2 + t * b_tp
+        return -ratio.sum() / n, b_p + 2 * pred * b_p2 + self.fixed * b_tp
 
 
 def window_sums(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -147,8 +152,7 @@ def _refine_closed_form(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Te
     through MONAI's LNCC (benchmarks/registration_refine.py)."""
     from meddx.models.registration_gradients import Adam, GridDiffusion, Upsampling, cosine_rates, warp_and_grad
 
-    if fixed is not lncc.fixed:
-        raise ValueError("FixedImageLNCC compares with the fixed image it was built for")
+    lncc.check_fixed(fixed)
     spatial = tuple(ddf.shape[2:])
     coarse = tuple(max(1, s // grid) for s in spatial)
     up = Upsampling(coarse, spatial, ddf.dtype, ddf.device)
