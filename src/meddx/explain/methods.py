@@ -82,7 +82,8 @@ _TABLE = (
     Method("occlusion", "Occlusion", "perturbation", True, "score drop when a sliding patch "
            "(1/12 of the side, 1/4 in 3D) is set to the mean (captum; many forwards, slow in 3D)", occlusion),
     Method("attention", "Attention", "attention", True, "the network's own attention: attention-gate / CBAM "
-           "coefficients, ViT attention rollout (attention models only)", attention_maps, class_agnostic=True),
+           "coefficients, attention-MIL weights (mean of the heads), ViT attention rollout (attention models only)",
+           attention_maps, class_agnostic=True),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 _ALIASES = {"gradcampp": "gradcam++", "gradcam_plusplus": "gradcam++", "grad-cam": "gradcam",
