@@ -54,6 +54,8 @@ def train(
                                        "re-estimated) | none"),
     ordinal_loss: str | None = typer.Option(None, help="ordinal labels: ce (default) | emd (+ squared EMD)"),
     ema_decay: float | None = typer.Option(None, help="EMA of the weights with this decay (default 0: off)"),
+    mixup: float | None = typer.Option(None, help="classification: mixup of training batches, Beta(alpha, alpha) "
+                                       "(default 0: off; 0.2 helped BreastMNIST, hurt small-lesion presence)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:1 ..."),
     out: str = typer.Option("runs", help="parent folder of run folders"),
@@ -86,7 +88,7 @@ def train(
                         data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,
-                        average=average, ordinal_loss=ordinal_loss,
+                        average=average, ordinal_loss=ordinal_loss, mixup=mixup,
                         ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
     console = _console(stderr=True)

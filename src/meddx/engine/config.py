@@ -39,6 +39,8 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | multistep
     warmup_epochs: int = 1
     label_smoothing: float | None = None  # None: 0.1 for single-label kinds, 0 for multi-label (recipe)
+    mixup: float = 0.0  # classification: mixup of training batches, Beta(alpha, alpha); 0: off (opt-in: README
+    # "Default recipe" gives the protocol numbers that kept it out of the default)
     ordinal_loss: str = "ce"  # ordinal-regression kinds: ce | emd (cross-entropy + squared EMD over grades)
     class_weights: bool = False
     augment: str = "auto"  # auto (by modality) | none | a policy name from meddx.data.augment.POLICIES
@@ -97,6 +99,7 @@ class TrainConfig:
             (self.ordinal_loss in ("ce", "emd"), f"ordinal loss must be ce or emd, got {self.ordinal_loss!r}"),
             (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
              f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.mixup <= 10, f"mixup alpha must be in [0, 10], got {self.mixup}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
         ]
         for ok, msg in checks:

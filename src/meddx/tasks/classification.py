@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from meddx.data.augment import AugmentPolicy, Normalization, augment_batch
 from meddx.data.dataset import Split
+from meddx.data.mixup import MixedTargets, mix_batch
 from meddx.errors import MeddxError
 from meddx.kinds import BINARY, MULTI_LABEL, ORDINAL
 from meddx.tasks.base import EvalRequest
@@ -32,7 +33,7 @@ class ClassificationTask:
     default_batch_size = 128
 
     def __init__(self, kind: str, num_classes: int, class_weights: torch.Tensor | None = None,
-                 label_smoothing: float = 0.0, ordinal_loss: str = "ce") -> None:
+                 label_smoothing: float = 0.0, ordinal_loss: str = "ce", mixup: float = 0.0) -> None:
         from meddx.kinds import KINDS as TASKS
 
         if kind not in TASKS:
@@ -42,12 +43,13 @@ class ClassificationTask:
         self.class_weights = class_weights
         self.label_smoothing = label_smoothing
         self.ordinal_loss = ordinal_loss if kind == ORDINAL else "ce"
+        self.mixup = mixup  # Beta(alpha, alpha) of training batches' mixup; 0: off (meddx.data.mixup)
 
     @classmethod
     def from_config(cls, cfg: Any, data: Any) -> ClassificationTask:
         weights = balanced_class_weights(data.train.labels, data.task, data.num_classes) if cfg.class_weights else None
         return cls(data.task, data.num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing or 0.0,
-                   ordinal_loss=getattr(cfg, "ordinal_loss", "ce"))
+                   ordinal_loss=getattr(cfg, "ordinal_loss", "ce"), mixup=getattr(cfg, "mixup", 0.0))
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ClassificationTask:
@@ -59,13 +61,18 @@ class ClassificationTask:
 
     def make_batch(self, split: Split, idx: torch.Tensor, normalize: Normalization, device: torch.device,
                    policy: AugmentPolicy | None,
-                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images normalised and (if ``policy``) transformed per sample (colour, then affine); labels unchanged."""
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | MixedTargets]:
+        """Images normalised and (if ``policy``) transformed per sample (colour, then affine), then mixed in
+        pairs when the task trains with mixup (targets: :class:`~meddx.data.mixup.MixedTargets`)."""
         x = augment_batch(split.images[idx].to(device, non_blocking=True), normalize, policy, generator)
-        return x, split.labels[idx].to(device, non_blocking=True)
+        y = split.labels[idx].to(device, non_blocking=True)
+        if self.mixup > 0:
+            return mix_batch(x, y, self.mixup, generator)
+        return x, y
 
-    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss(model(x), y)
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | MixedTargets) -> torch.Tensor:
+        output = model(x)
+        return y.loss(self.loss, output) if isinstance(y, MixedTargets) else self.loss(output, y)
 
     def validate(self, model: nn.Module, split: Split, normalize: Normalization, *, device: torch.device,
                  batch_size: int, amp: bool = False) -> dict[str, float]:
