@@ -95,6 +95,12 @@ def medmnist_bundle(name: str, n_train: int, seed: int):
     return data
 
 
+def regime_data(regime: str, seed: int):
+    """The data set of a regime (``REGIMES``) at ``seed``: the training subset's draw; MedMNIST splits unchanged."""
+    source, variant, n = REGIMES[regime]
+    return phantom_bundle(variant, n, seed) if source == "phantom" else medmnist_bundle(source, n, seed)
+
+
 def recipe_config(recipe: str, data, out: str, name: str, seed: int, minutes: float):
     from meddx.data.augment import policy_for
     from meddx.engine.config import TrainConfig, auto_epochs
@@ -114,8 +120,7 @@ def one_run(regime: str, recipe: str, seed: int, args) -> dict:
     from meddx.engine.fit import fit
     from meddx.engine.selection import peak
 
-    source, variant, n = REGIMES[regime]
-    data = phantom_bundle(variant, n, seed) if source == "phantom" else medmnist_bundle(source, n, seed)
+    data = regime_data(regime, seed)
     cfg = recipe_config(recipe, data, args.out, f"{regime}-{recipe}-s{seed}", seed, args.minutes)
     run = fit(cfg, data=data)
     m = evaluate_run(run.path, data=data, n_bootstrap=0, report=False)

@@ -27,23 +27,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, print_json, print_table  # noqa: E402
-from recipe_robustness import medmnist_bundle, phantom_bundle  # noqa: E402
+from recipe_robustness import regime_data  # noqa: E402
 
 SOURCE_SEED = 100  # phantom draws 2000-2002: disjoint from the targets' (seed 0-9: 1000-1092)
 PAIRS = {"phantom": ("phantom-3000", "phantom-binary-300"), "breast": ("pneumoniamnist", "breast-300")}
 
 
 def source_data(name: str):
+    """The source set: the protocol's 3,000-slice phantom regime at a seed no target uses, or a whole MedMNIST file."""
     from meddx.data.medmnist import load_medmnist
 
     if name == "phantom-3000":
-        return phantom_bundle("binary", 3000, SOURCE_SEED)
+        return regime_data("phantom-binary-3000", SOURCE_SEED)
     return load_medmnist(SHARED / name / f"{name}.npz")
-
-
-def target_data(name: str, seed: int):
-    return phantom_bundle("binary", 300, seed) if name.startswith("phantom") else medmnist_bundle("breastmnist", 300,
-                                                                                                  seed)
 
 
 def train_and_score(data, out: str, name: str, seed: int, pretrained: str | None = None) -> dict:
@@ -83,7 +79,7 @@ def main() -> None:
         src = train_and_score(source_data(source), args.out, f"source-{source}", 0)
         print(f"source {source}: {json.dumps(src)}", flush=True)
         for seed in args.seeds:
-            data = target_data(target, seed)
+            data = regime_data(target, seed)
             for start, weights in (("scratch", None), ("transfer", src["run"])):
                 r = train_and_score(data, args.out, f"{target}-{start}-s{seed}", seed, weights)
                 runs.append({"pair": pair, "target": target, "start": start, "seed": seed, **r})
