@@ -151,9 +151,11 @@ def _blob(shape, centre):
     return torch.from_numpy(np.exp(-r2 / 18.0)).float()[None, None]
 
 
-def test_refinement_finds_a_shift_the_start_field_missed():
+@pytest.mark.parametrize("correction", [{"grid": 4}, {"meshes": (2, 6)}])
+def test_refinement_finds_a_shift_the_start_field_missed(correction):
     """moving = fixed shifted by (1.5, -1) px; from a zero field, the refined field moves the blob onto it
-    (TRE at the blob's centre drops from 1.8 px to well under half a pixel); 0 steps returns the start field."""
+    (TRE at the blob's centre drops from 1.8 px to well under half a pixel), with a linear grid or coarse-to-fine
+    B-splines; 0 steps returns the start field; a third B-spline stage is refused."""
     from monai.losses import LocalNormalizedCrossCorrelationLoss
 
     from meddx.models.registration_refine import refine_field
@@ -162,10 +164,12 @@ def test_refinement_finds_a_shift_the_start_field_missed():
     start = torch.zeros(1, 2, 32, 32)
     sim = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=7)
     assert refine_field(fixed, moving, start, sim, steps=0) is start
-    field = refine_field(fixed, moving, start, sim, steps=60, lr=0.5, reg_weight=0.3, grid=4)
+    field = refine_field(fixed, moving, start, sim, steps=60, lr=0.5, reg_weight=0.3, **correction)
     err = np.hypot(float(field[0, 0, 15, 16]) - 1.5, float(field[0, 1, 15, 16]) + 1.0)
     assert err < 0.5, err
     assert float(jacobian_determinant(field[0].numpy()).min()) > 0
+    with pytest.raises(ValueError, match="coarse, fine"):
+        refine_field(fixed, moving, start, sim, steps=5, meshes=(2, 4, 8))
 
 
 def test_augmented_pairs_are_new_deterministic_and_keep_labels():

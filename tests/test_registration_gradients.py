@@ -29,6 +29,30 @@ def test_upsampling_and_its_adjoint_equal_interpolate_and_its_gradient(shape):
     assert torch.allclose(up.adjoint(grad_out), u.grad, atol=1e-5)
 
 
+def _cubic_bspline(t):
+    """The uniform cubic B-spline, written from its textbook formula (an independent check of scipy's basis)."""
+    t = abs(t)
+    return 2 / 3 - t ** 2 + t ** 3 / 2 if t < 1 else (2 - t) ** 3 / 6 if t < 2 else 0.0
+
+
+@pytest.mark.parametrize(("n", "mesh"), [(64, 12), (56, 4), (9, 1)])
+def test_bspline_upsampling_is_the_cubic_bspline_on_mesh_intervals(n, mesh):
+    """Basis j is centred on control point j - 1 of a grid dividing 0 .. n-1 into ``mesh`` intervals; the basis
+    sums to one (a constant correction is a constant field); the adjoint is the transpose."""
+    from meddx.models.registration_gradients import BSplineUpsampling
+
+    up = BSplineUpsampling(mesh, (n, 5), torch.float64, "cpu")
+    h = (n - 1) / mesh
+    expected = torch.tensor([[_cubic_bspline((x - (j - 1) * h) / h) for x in range(n)] for j in range(mesh + 3)],
+                            dtype=torch.float64)
+    assert up.coarse == (mesh + 3, mesh + 3)  # the same mesh on every axis
+    assert torch.allclose(up.mats[0], expected, atol=1e-12)
+    assert torch.allclose(up(torch.full((1, 2, *up.coarse), 0.7, dtype=torch.float64)), torch.tensor(0.7,
+                          dtype=torch.float64))
+    u, g = _rand(1, 2, *up.coarse).double(), _rand(1, 2, n, 5, seed=1).double()
+    assert torch.allclose((up(u) * g).sum(), (u * up.adjoint(g)).sum())
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_warp_gradient_equals_autograd(shape):
     from meddx.models.registration_gradients import warp_and_grad
@@ -94,8 +118,10 @@ def test_adam_equals_torch_adam_under_a_cosine_schedule():
     assert float(ours.abs().max()) > 0.5
 
 
-@pytest.mark.parametrize(("spatial", "window"), [((24, 20), 7), ((10, 12, 11), 5)])
-def test_closed_form_refinement_takes_autograds_steps(spatial, window):
+@pytest.mark.parametrize(("spatial", "window", "correction"), [((24, 20), 7, {"grid": 4}),
+                                                             ((10, 12, 11), 5, {"grid": 4}),
+                                                             ((24, 20), 7, {"meshes": (2, 5)})])
+def test_closed_form_refinement_takes_autograds_steps(spatial, window, correction):
     """The task's loop (closed form) against the autograd loop it replaces, from a start field, on smooth images."""
     import meddx.models.registration_refine as refine
 
@@ -105,7 +131,7 @@ def test_closed_form_refinement_takes_autograds_steps(spatial, window):
     fixed, moving = smooth(torch.rand(2, 1, *spatial, generator=g)), smooth(torch.rand(2, 1, *spatial, generator=g))
     start = 0.5 * torch.randn(2, nd, *spatial, generator=g)
     lncc = refine.FixedImageLNCC(fixed, window)
-    settings = {"steps": 8, "lr": 0.5, "reg_weight": 0.3, "grid": 4}
+    settings = {"steps": 8, "lr": 0.5, "reg_weight": 0.3, **correction}
     closed = refine.refine_field(fixed, moving, start, lncc, **settings)
     autograd = refine.refine_field(fixed, moving, start, lambda p, t: lncc(p, t), **settings)  # not the class
     assert float((closed - start).abs().max()) > 0.05  # it moved
@@ -114,17 +140,19 @@ def test_closed_form_refinement_takes_autograds_steps(spatial, window):
         refine.refine_field(fixed.clone(), moving, start, lncc, **settings)
 
 
-@pytest.mark.parametrize("shape", [(2, 17, 13), (1, 6, 9, 7), (1, 12, 10)])
-def test_diffusion_gradient_on_the_coarse_grid_equals_the_full_one(shape):
+@pytest.mark.parametrize(("shape", "bspline"), [((2, 17, 13), False), ((1, 6, 9, 7), False), ((1, 12, 10), False),
+                                               ((2, 17, 13), True), ((1, 6, 9, 7), True)])
+def test_diffusion_gradient_on_the_coarse_grid_equals_the_full_one(shape, bspline):
     """grad_u diffusion(base + up(u)), by small per-axis matrices, equals up.adjoint of the full-field gradient."""
-    from meddx.models.registration_gradients import GridDiffusion, Upsampling, diffusion_and_grad
+    from meddx.models.registration_gradients import BSplineUpsampling, GridDiffusion, Upsampling, diffusion_and_grad
 
     n, spatial = shape[0], shape[1:]
     nd, coarse = len(spatial), tuple(max(1, s // 3) for s in spatial)
+    up = BSplineUpsampling(3, spatial, torch.float32, "cpu") if bspline else Upsampling(coarse, spatial,
+                                                                                        torch.float32, "cpu")
     g = torch.Generator().manual_seed(0)
     base = torch.randn((n, nd, *spatial), generator=g)
-    u = torch.randn((n, nd, *coarse), generator=g)
-    up = Upsampling(coarse, spatial, torch.float32, "cpu")
+    u = torch.randn((n, nd, *up.coarse), generator=g)
     expected = up.adjoint(diffusion_and_grad(base + up(u))[1])
     got = GridDiffusion(up, base).grad(u)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)

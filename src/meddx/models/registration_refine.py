@@ -1,12 +1,12 @@
 """Instance optimisation: a network's displacement field refined on the one pair being registered.
 
-A registration network predicts a field in one pass; it is fast but imprecise (about a voxel off on the
-phantom, where SimpleITK's B-spline, which optimises each pair, is a tenth of a voxel off). Learned methods that
-lead Learn2Reg (ConvexAdam, VoxelMorph++, the "instance optimisation" step of LapIRN-IO) therefore finish with a
-few dozen Adam steps on the pair itself, starting from the network's field. That is done here: a correction
-``u`` on a grid ``grid`` times coarser than the image (a smooth correction, like a B-spline's control grid, and
-``grid**D`` times fewer unknowns) is upsampled, added to the network's field and optimised on the image
-similarity the network was trained with plus diffusion regularisation of the whole field. The labels of the
+A registration network predicts a field in one pass; it is fast but imprecise (about a voxel off on the phantom,
+where SimpleITK's B-spline, which optimises each pair, is a tenth of a voxel off). Learned methods that lead
+Learn2Reg (ConvexAdam, VoxelMorph++, the "instance optimisation" step of LapIRN-IO) therefore finish with a few
+dozen Adam steps on the pair itself, starting from the network's field. That is done here: a correction ``u`` on a
+grid ``grid`` times coarser than the image (a smooth correction with ``grid**D`` times fewer unknowns), or a cubic
+B-spline on a coarse then a fine control grid, is upsampled, added to the network's field and optimised on the
+image similarity the network was trained with plus diffusion regularisation of the whole field. The labels of the
 fixed image are never used here (they are unknown at inference). Before the network, :func:`affine_field` gives a
 pre-alignment (centre-of-mass translation, optionally affine steps) for shifts larger than the network learned.
 
@@ -18,6 +18,7 @@ by advanced indexing (a copy forward and an ``index_put`` backward on every step
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -115,48 +116,67 @@ def window_sums(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, similarity: Callable, *,
-                 steps: int, lr: float = 0.2, reg_weight: float = 1.0, grid: int = 2) -> torch.Tensor:
+                 steps: int, lr: float = 0.2, reg_weight: float = 1.0, grid: int = 2,
+                 meshes: tuple[int, ...] | None = None, coarse_share: float = 0.3) -> torch.Tensor:
     """Refine ``ddf`` (N, D, *S) for normalised ``fixed``/``moving`` (N, 1, *S) by ``steps`` Adam steps on
     ``similarity(warp(moving, field), fixed) + reg_weight * diffusion(field)``; returns the refined field. With a
-    :class:`FixedImageLNCC` (what the task uses) every gradient is taken in closed form, otherwise by autograd."""
-    from meddx.models.registration_nets import diffusion_loss
+    :class:`FixedImageLNCC` (what the task uses) every gradient is taken in closed form, otherwise by autograd.
+
+    The correction is linear on a grid ``grid`` times coarser than the image, or, with ``meshes`` (coarse, fine),
+    a cubic B-spline on ``meshes[0]`` intervals a side for the first ``coarse_share`` of the steps, then on
+    ``meshes[1]`` for the rest: coarse to fine, as SimpleITK's B-spline registration goes through its pyramid.
+    Each stage has its own cosine schedule."""
+    from meddx.models.registration_gradients import BSplineUpsampling, Upsampling
 
     if steps <= 0:
         return ddf
-    if isinstance(similarity, FixedImageLNCC):
-        return _refine_closed_form(fixed, moving, ddf, similarity, steps=steps, lr=lr, reg_weight=reg_weight,
-                                   grid=grid)
-    spatial = ddf.shape[2:]
-    mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    coarse = [max(1, s // grid) for s in spatial]
-    u = torch.zeros((ddf.shape[0], ddf.shape[1], *coarse), dtype=ddf.dtype, device=ddf.device, requires_grad=True)
+    spatial = tuple(ddf.shape[2:])
+    opts = {"dtype": ddf.dtype, "device": ddf.device}
+    if not meshes:
+        stages = [(Upsampling(tuple(max(1, s // grid) for s in spatial), spatial, **opts), steps)]
+    else:
+        if len(meshes) not in (1, 2):
+            raise ValueError(f"meshes is (fine,) or (coarse, fine), got {meshes}")
+        coarse_steps = round(steps * coarse_share) if len(meshes) == 2 else 0
+        split = (coarse_steps, steps - coarse_steps) if len(meshes) == 2 else (steps,)
+        stages = [(BSplineUpsampling(mesh, spatial, **opts), n) for mesh, n in zip(meshes, split) if n > 0]
+    for up, n in stages:
+        stage = _refine_closed_form if isinstance(similarity, FixedImageLNCC) else _refine_autograd
+        ddf = stage(fixed, moving, ddf, similarity, up, steps=n, lr=lr, reg_weight=reg_weight)
+    return ddf
+
+
+def _refine_autograd(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, similarity: Callable, up: Any, *,
+                     steps: int, lr: float, reg_weight: float) -> torch.Tensor:
+    """One stage of :func:`refine_field` by autograd, for any differentiable similarity."""
+    from meddx.models.registration_nets import diffusion_loss
+
+    u = torch.zeros((ddf.shape[0], ddf.shape[1], *up.coarse), dtype=ddf.dtype, device=ddf.device, requires_grad=True)
     opt = torch.optim.Adam([u], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # large early steps, a settled field at the end
-    base, warp = ddf.detach(), GridWarp(tuple(spatial), ddf.dtype, ddf.device)
+    base, warp = ddf.detach(), GridWarp(tuple(ddf.shape[2:]), ddf.dtype, ddf.device)
     with torch.enable_grad():
         for _ in range(steps):
-            field = base + F.interpolate(u, size=spatial, mode=mode, align_corners=False)
+            field = base + up(u)
             loss = similarity(warp(moving, field), fixed) + reg_weight * diffusion_loss(field)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
     with torch.no_grad():
-        return base + F.interpolate(u, size=spatial, mode=mode, align_corners=False)
+        return base + up(u)
 
 
-def _refine_closed_form(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, lncc: FixedImageLNCC, *,
-                        steps: int, lr: float, reg_weight: float, grid: int) -> torch.Tensor:
-    """:func:`refine_field`'s loop with the gradients written out (:mod:`meddx.models.registration_gradients`):
+def _refine_closed_form(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, lncc: FixedImageLNCC, up: Any,
+                        *, steps: int, lr: float, reg_weight: float) -> torch.Tensor:
+    """One stage of :func:`refine_field` with the gradients written out (:mod:`meddx.models.registration_gradients`):
     the same steps as autograd and ``torch.optim.Adam`` take (tested), 2.2-3.1x faster per pair than autograd
     through MONAI's LNCC (benchmarks/registration_refine.py)."""
-    from meddx.models.registration_gradients import Adam, GridDiffusion, Upsampling, cosine_rates, warp_and_grad
+    from meddx.models.registration_gradients import Adam, GridDiffusion, cosine_rates, warp_and_grad
 
     lncc.check_fixed(fixed)
     spatial = tuple(ddf.shape[2:])
-    coarse = tuple(max(1, s // grid) for s in spatial)
-    up = Upsampling(coarse, spatial, ddf.dtype, ddf.device)
-    u = torch.zeros((ddf.shape[0], ddf.shape[1], *coarse), dtype=ddf.dtype, device=ddf.device)
+    u = torch.zeros((ddf.shape[0], ddf.shape[1], *up.coarse), dtype=ddf.dtype, device=ddf.device)
     base, warp, adam = ddf.detach(), GridWarp(spatial, ddf.dtype, ddf.device), Adam(u)
     with torch.no_grad():
         diffusion = GridDiffusion(up, base)

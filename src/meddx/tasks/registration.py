@@ -30,16 +30,18 @@ from meddx.tasks.base import EvalRequest
 
 SIMILARITIES = ("lncc", "mi", "mse")
 REG_WEIGHT, DICE_WEIGHT = 1.0, 1.0  # diffusion regulariser and label Dice weights beside the similarity
-# instance optimisation per spatial dimensionality: Adam steps, learning rate (voxels), diffusion weight and the
-# coarseness of the correction grid; chosen on the phantom's validation pairs (benchmarks/RESULTS.md). Only for
-# LNCC: with mutual information the refinement was not validated (it diverged on the phantom), so it is off.
-# ``affine``: the pre-alignment before the network (``meddx.models.registration_refine.affine_field``): None
+# instance optimisation per spatial dimensionality: Adam steps, learning rate (voxels), diffusion weight, and the
+# correction: linear on a grid ``grid`` times coarser than the image, or ``meshes`` (coarse, fine): a cubic B-spline
+# on 6 intervals a side (SimpleITK's B-spline baseline's mesh) for the first 30 % of the steps, then on 16 (4-voxel
+# control spacing at 64 px, the linear grid's) (meddx.models.registration_refine). Chosen on validation pairs
+# (benchmarks/RESULTS.md): 2D lr 0.4 (was 1.0); then in 2D the B-spline stages instead of the linear grid of 4 at the
+# same 50 steps: mean Dice of brain 2D (30 pairs) and phantom 2D (48) 0.952 vs 0.946, brain TRE 0.49 vs 0.71 mm.
+# Only for LNCC: with mutual information the refinement was not validated (it diverged on the phantom), so it is
+# off. ``affine``: the pre-alignment before the network (``meddx.models.registration_refine.affine_field``): None
 # (off), or the number of Adam steps on the affine map after the centre-of-mass translation (0: translation only;
-# 10-30 steps gave no better Dice on the phantom's validation pairs and cost time). 2D learning rate 0.4 (was
-# 1.0): mean validation Dice of phantom 2D and brain 2D 0.950 vs 0.939 at the same 50 steps (brain 0.935 vs 0.909,
-# phantom 0.966 vs 0.968); 75 steps gained 0.001 more for 1.5x the time.
+# 10-30 steps gave no better Dice on the phantom's validation pairs and cost time).
 LNCC_WINDOW = {2: 7, 3: 5}  # MONAI's LNCC window in voxels, for training and the refinement alike
-REFINE = {2: {"steps": 50, "lr": 0.4, "reg_weight": 0.3, "grid": 4, "affine": 0},
+REFINE = {2: {"steps": 50, "lr": 0.4, "reg_weight": 0.3, "meshes": (6, 16), "coarse_share": 0.3, "affine": 0},
           3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0}}
 
 
