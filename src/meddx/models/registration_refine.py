@@ -134,14 +134,16 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, ddf: torch.Tensor, s
     opts = {"dtype": ddf.dtype, "device": ddf.device}
     if not meshes:
         stages = [(Upsampling(tuple(max(1, s // grid) for s in spatial), spatial, **opts), steps)]
+    elif len(meshes) == 1:
+        stages = [(BSplineUpsampling(meshes[0], spatial, **opts), steps)]
+    elif len(meshes) == 2:
+        first = round(steps * coarse_share)
+        stages = [(BSplineUpsampling(mesh, spatial, **opts), n) for mesh, n in zip(meshes, (first, steps - first))
+                  if n > 0]
     else:
-        if len(meshes) not in (1, 2):
-            raise ValueError(f"meshes is (fine,) or (coarse, fine), got {meshes}")
-        coarse_steps = round(steps * coarse_share) if len(meshes) == 2 else 0
-        split = (coarse_steps, steps - coarse_steps) if len(meshes) == 2 else (steps,)
-        stages = [(BSplineUpsampling(mesh, spatial, **opts), n) for mesh, n in zip(meshes, split) if n > 0]
+        raise ValueError(f"meshes is (fine,) or (coarse, fine), got {meshes}")
+    stage = _refine_closed_form if isinstance(similarity, FixedImageLNCC) else _refine_autograd
     for up, n in stages:
-        stage = _refine_closed_form if isinstance(similarity, FixedImageLNCC) else _refine_autograd
         ddf = stage(fixed, moving, ddf, similarity, up, steps=n, lr=lr, reg_weight=reg_weight)
     return ddf
 

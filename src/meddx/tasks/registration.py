@@ -46,7 +46,7 @@ REG_WEIGHT, DICE_WEIGHT = 1.0, 1.0  # diffusion regulariser and label Dice weigh
 LNCC_WINDOW = {2: 7, 3: 5}  # MONAI's LNCC window in voxels, for training and the refinement alike
 REFINE = {2: {"steps": 50, "lr": 0.4, "reg_weight": 0.3, "meshes": (6, 16), "coarse_share": 0.3, "affine": 0,
               "variance_floor": 1e-3},
-          3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0}}
+          3: {"steps": 20, "lr": 1.0, "reg_weight": 0.3, "grid": 4, "affine": 0, "variance_floor": 1e-5}}
 
 
 class RegistrationTask:
@@ -159,7 +159,7 @@ class RegistrationTask:
             return model(x)
         settings = REFINE[self.spatial_dims] | {"steps": steps}
         fixed, moving, sim = x[:, :1], x[:, 1:2], self._loss(self.similarity)
-        affine_steps, floor = settings.pop("affine"), settings.pop("variance_floor", 1e-5)
+        affine_steps, floor = settings.pop("affine"), settings.pop("variance_floor")
         if affine_steps is not None:
             affine = affine_field(fixed, moving, sim, steps=affine_steps)
             aligned = GridWarp(tuple(x.shape[2:]), x.dtype, x.device)(moving, affine)
