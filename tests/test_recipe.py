@@ -111,7 +111,9 @@ def test_schedule_scales_with_training_set_size():
     assert epochs == sorted(epochs, reverse=True) and epochs[0] == 80 and epochs[-1] == 20
     strength = [recipe.augment_strength(n) for n in (100, 500, 1581, 5000, 50_000)]
     assert strength == [1.5, 1.5, 1.25, 1.0, 1.0]
-    assert recipe.auto_label_smoothing("binary-class") == 0.1
+    assert recipe.auto_label_smoothing("multi-class") == 0.1
+    assert recipe.auto_label_smoothing("ordinal-regression") == 0.1
+    assert recipe.auto_label_smoothing("binary-class") == 0.0
     assert recipe.auto_label_smoothing("multi-label, binary-class") == 0.0
     assert [recipe.tail_start(n) for n in (1, 2, 8, 80)] == [0, 1, 6, 60]
     assert recipe.budget_seconds(None, 3) == 900 and recipe.budget_seconds(None, 2) is None  # no 2D default
@@ -188,7 +190,7 @@ def test_auto_schedule_ends_annealed_with_settled_bn_and_selection(tmp_path, fak
     sel = json.loads((run.path / "selection.json").read_text())
     assert sel["gap"] <= 0.02 and sel["shipped"] in ("tail-average", "peak-epoch")
     stored = json.loads(run.config.read_text())
-    assert stored["label_smoothing"] == 0.1 and stored["select"] == "best"
+    assert stored["label_smoothing"] == 0.0 and stored["select"] == "best"  # binary labels: resolved, unsmoothed
     tensors, meta, _ = read_checkpoint(run.best)
     means = [v for k, v in tensors.items() if k.endswith("running_mean")]
     assert means and all(torch.isfinite(m).all() for m in means)

@@ -38,7 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     schedule: str = "cosine"  # cosine | multistep
     warmup_epochs: int = 1
-    label_smoothing: float | None = None  # None: 0.1 for single-label kinds, 0 for multi-label (recipe)
+    label_smoothing: float | None = None  # None: the recipe's (0.1 multi-class/ordinal, 0 binary/multi-label)
     mixup: float = 0.0  # classification: mixup of training batches, Beta(alpha, alpha); 0: off (opt-in: README
     # "Default recipe" gives the protocol numbers that kept it out of the default)
     ordinal_loss: str = "ce"  # ordinal-regression kinds: ce | emd (cross-entropy + squared EMD over grades)

@@ -7,7 +7,8 @@ never of a data set's name, so that a set nobody tuned on gets the same treatmen
 * batch size: small sets get small batches (more, noisier steps: 546 images at batch 128 gave 4 steps an epoch);
 * epochs: a budget of sample visits (fewer epochs for large sets), capped lower than before for small sets, whose
   validation AUC peaked long before the old 100-epoch cap;
-* label smoothing 0.1 for single-label kinds, augmentation strength growing as the set shrinks;
+* label smoothing 0.1 for multi-class and ordinal labels (none for binary and multi-label), augmentation
+  strength growing as the set shrinks;
 * a time budget (default 15 min for volumes; 2D only with ``--max-minutes``) measured from the first training
   steps, so that the cosine schedule is planned to fit before it has gone far and always decays to zero
   (:class:`BudgetPlanner`);
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meddx.kinds import MULTI_LABEL
+from meddx.kinds import BINARY, MULTI_LABEL
 
 # The default time budget by spatial dimensions (2 CPU cores): volumes only. A 2D default budget (10 min) was
 # tried and dropped: on this shared machine (load ~15) it cut BreastMNIST to 10 epochs, test ACC/AUC
@@ -31,6 +32,10 @@ VISITS = {2: 150_000, 3: 60_000}  # sample visits the epoch count is planned for
 EPOCH_RANGE = {2: (20, 80), 3: (8, 60)}
 EPOCH_FLOOR = {2: 10, 3: 3}  # a time budget never plans fewer (a loaded machine runs over rather than under-trains)
 LABEL_SMOOTHING = 0.1
+# Binary labels train without smoothing: chosen by 5-fold cross-validation on BreastMNIST (624 images) beside four
+# other binary regimes (mean validation AUC +0.004 over six; benchmarks/RESULTS.md, fourteenth session). Smoothing
+# caps the logit gap the loss rewards, and AUC ranks those logits.
+UNSMOOTHED_KINDS = (BINARY, MULTI_LABEL)
 TAIL_FRACTION = 0.25  # the share of the schedule (its annealed end) whose epoch-end weights are averaged
 TIMED_STEPS = 5  # optimiser steps timed (after the first, which pays one-off costs) to plan the budget
 
@@ -60,8 +65,8 @@ def planned_epochs(n_train: int, spatial_dims: int, batch_size: int, task_steps:
 
 
 def auto_label_smoothing(kind: str) -> float:
-    """0.1 for single-label kinds (softmax); none for multi-label (per-label sigmoids)."""
-    return 0.0 if kind == MULTI_LABEL else LABEL_SMOOTHING
+    """0.1 for multi-class and ordinal labels; none for binary or multi-label ones (``UNSMOOTHED_KINDS``)."""
+    return 0.0 if kind in UNSMOOTHED_KINDS else LABEL_SMOOTHING
 
 
 def augment_strength(n_train: int) -> float:
