@@ -54,10 +54,11 @@ def auto_batch_size(n_train: int, spatial_dims: int, task_default: int) -> int:
     return batch
 
 
-def auto_epochs(n_train: int, spatial_dims: int = 2) -> int:
-    """Epochs for a budget of sample visits, clamped to the range for 2D images or volumes."""
+def auto_epochs(n_train: int, spatial_dims: int = 2, visits: int | None = None) -> int:
+    """Epochs for a budget of sample visits (default ``VISITS``), clamped to the range for 2D images or volumes."""
     lo, hi = EPOCH_RANGE.get(spatial_dims, EPOCH_RANGE[3])
-    return int(min(hi, max(lo, round(VISITS.get(spatial_dims, VISITS[3]) / max(n_train, 1)))))
+    visits = visits or VISITS.get(spatial_dims, VISITS[3])
+    return int(min(hi, max(lo, round(visits / max(n_train, 1)))))
 
 
 def planned_epochs(n_train: int, spatial_dims: int, batch_size: int, task_steps: int | None) -> int:
