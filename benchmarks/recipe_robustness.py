@@ -119,7 +119,7 @@ def recipe_config(recipe: str, data, out: str, name: str, seed: int, minutes: fl
         policy = data.modality if data.modality in ("ct", "xray", "ultrasound") else "generic"
         assert policy_for(policy) is not None
         return TrainConfig(**common, epochs=epochs, batch_size=128 if data.spatial_dims == 2 else None,
-                           label_smoothing=0.0, average="none", select="last", augment=policy)
+                           label_smoothing=0.0, average="none", select="last", augment=policy, calibrate="none")
     if recipe == "visits300k" and data.spatial_dims == 2:
         return TrainConfig(**common, epochs=recipe_epochs(len(data.train), 2, visits=300_000))
     return TrainConfig(**common)

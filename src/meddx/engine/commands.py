@@ -52,6 +52,8 @@ def train(
                                       "or the tail average within 0.02 of it) | last (end of the schedule)"),
     average: str | None = typer.Option(None, help="tail (default: average the last quarter, BatchNorm "
                                        "re-estimated) | none"),
+    calibrate: str | None = typer.Option(None, help="auto (default: binary models Platt-scaled on validation, "
+                                         "the 0.5 threshold settled) | none"),
     ordinal_loss: str | None = typer.Option(None, help="ordinal labels: ce (default) | emd (+ squared EMD)"),
     ema_decay: float | None = typer.Option(None, help="EMA of the weights with this decay (default 0: off)"),
     mixup: float | None = typer.Option(None, help="classification: mixup of training batches, Beta(alpha, alpha) "
@@ -88,7 +90,7 @@ def train(
                         data_dir=data_dir, epochs=epochs, batch_size=batch_size, patch=patch,
                         lr=lr, optimizer=optimizer, schedule=schedule, class_weights=class_weights or None,
                         augment=augment, pretrained=pretrained, patience=patience, select=select,
-                        average=average, ordinal_loss=ordinal_loss, mixup=mixup,
+                        average=average, calibrate=calibrate, ordinal_loss=ordinal_loss, mixup=mixup,
                         ema_decay=ema_decay, seed=seed, device=device, out=out, name=name,
                         max_minutes=max_minutes, tensorboard=tensorboard or None)
     console = _console(stderr=True)

@@ -49,6 +49,8 @@ class TrainConfig:
     select: str = "best"  # model used by evaluate/predict: "best" (the selection rule's pick: peak validation
     # epoch, or the tail average within 0.02 of it; meddx.engine.selection) or "last" (end of the schedule)
     average: str = "tail"  # tail: average the last quarter's epoch-end weights (BN re-estimated) | none
+    calibrate: str = "auto"  # auto: binary models Platt-scaled on validation after training (the threshold
+    # settled; meddx.engine.calibration) | none
     max_minutes: float | None = None  # wall-clock budget the schedule is fitted to; None: 15 min for volumes when
     # epochs is automatic, otherwise no limit
     # run
@@ -96,6 +98,7 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),
             (self.select in ("last", "best"), f"select must be last or best, got {self.select!r}"),
             (self.average in ("tail", "none"), f"average must be tail or none, got {self.average!r}"),
+            (self.calibrate in ("auto", "none"), f"calibrate must be auto or none, got {self.calibrate!r}"),
             (self.ordinal_loss in ("ce", "emd"), f"ordinal loss must be ce or emd, got {self.ordinal_loss!r}"),
             (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
              f"label smoothing must be in [0, 1), got {self.label_smoothing}"),

@@ -51,6 +51,8 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     metrics, context = task.evaluate(torch_rt.model, request)
     metrics.update({"split": split, "checkpoint": torch_rt.files[0].name, "epoch": meta["epoch"],
                     "dataset": data.name, "model": meta["model"], "runtime_files": [str(f) for f in rt.files]})
+    if meta.get("calibration"):  # binary: Platt scaling fitted on validation (meddx.engine.calibration)
+        metrics["calibration"] = meta["calibration"]
     run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
     if report:
         context |= {"model": torch_rt.model, "meta": meta, "split": split, "device": torch_rt.device, "task": task}
@@ -65,6 +67,14 @@ def _positive_class(meta: dict[str, Any], cfg: TrainConfig, data: DataBundle) ->
     return meta["positive_class"] if "positive_class" in meta else data_positive_class(data, cfg.positive_class)
 
 
+def _calibration_row(calibration: dict[str, Any] | None) -> dict[str, str]:
+    """The report's line on a binary model's Platt scaling (none for a model without it)."""
+    if not calibration:
+        return {}
+    return {"probabilities": f"Platt-scaled on the validation split: sigmoid({calibration['scale']:.3g} x logit "
+                             f"{calibration['shift']:+.3g}), folded into the head (meddx.engine.calibration)"}
+
+
 def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: dict[str, Any],
                      context: dict[str, Any]) -> Path:
     """Render ``report.html`` with the run's history and the task's own report sections."""
@@ -77,7 +87,8 @@ def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: d
     run_info = {"dataset": data.name, "source": data.source, "model": cfg.model, "task": cfg.task, "kind": data.task,
                 "split": context["split"], "samples": metrics.get("n"), "run folder": str(run.path),
                 "checkpoint": f"{metrics['checkpoint']} (epoch {metrics['epoch'] + 1})",
-                "runtime": metrics.get("runtime"), "runtime files": metrics.get("runtime_files")} | run_facts(
+                "runtime": metrics.get("runtime"), "runtime files": metrics.get("runtime_files")} | _calibration_row(
+                    metrics.get("calibration")) | run_facts(
                     cfg, context.get("model"), history) | {f"config.{k}": v for k, v in cfg.to_dict().items()}
     return write_report(run.report, title=f"meddx report: {data.name} / {cfg.model}", run_info=run_info,
                         metrics=metrics, history=history, sections=sections, class_names=data.class_names)

@@ -13,6 +13,7 @@ from meddx.data import DataBundle, load_data
 from meddx.data.augment import POLICIES, Normalization
 from meddx.engine import distributed, recipe
 from meddx.engine.averaging import TailAverage, make_ema, recalibrate_bn
+from meddx.engine.calibration import calibrate_shipped
 from meddx.engine.checkpoint import model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from meddx.engine.config import TrainConfig, augment_policy
 from meddx.engine.loop import EpochSettings, run_epoch
@@ -302,6 +303,11 @@ def ship(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: T
     distributed.on_main(run.write_json, run.path / "selection.json", chosen.to_dict())
     bar.note(f"shipped ({cfg.select} -> best.safetensors): {chosen.shipped}, validation {task.monitor} "
              f"{chosen.shipped_score:.4f} (peak {chosen.peak_score:.4f})")
+    calibrated = distributed.on_main(calibrate_shipped, run, cfg, data, training.device, cfg.eval_batch_size)
+    if calibrated and calibrated["applied"]:
+        bar.note(f"calibrated (Platt, validation): ACC at 0.5 {calibrated['before']['acc']:.3f} -> "
+                 f"{calibrated['after']['acc']:.3f}, NLL {calibrated['before']['nll']:.3f} -> "
+                 f"{calibrated['after']['nll']:.3f}")
 
 
 def _both(*callbacks: Any) -> Any:

@@ -87,3 +87,32 @@ def reliability_bins(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> 
         "accuracy": [opt(v) for v in mean_hit],
         "count": [int(v) for v in count],
     }
+
+
+MIN_PER_CLASS = 5  # fewer validation images of either class: Platt scaling is not fitted
+
+
+def binary_logit(y_score: Any) -> np.ndarray:
+    """The logit ``log p1 - log p0`` of binary probabilities (N, 2), probabilities clipped to [1e-7, 1 - 1e-7]."""
+    p = np.clip(np.asarray(y_score, dtype=np.float64)[:, -1], 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_platt(y_true: Any, logit: Any) -> tuple[float, float] | None:
+    """Platt scaling: ``(scale, shift)`` of the logistic regression of binary labels on a model's logit, so that
+    ``sigmoid(scale * logit + shift)`` is calibrated on these data (Platt 1999; sklearn's LogisticRegression,
+    unpenalised in effect). None when it cannot be fitted meaningfully: fewer than :data:`MIN_PER_CLASS` images of
+    a class, classes the logit separates perfectly (the slope would grow without bound), or a slope <= 0 (a
+    model that ranks backwards is not repaired by moving its threshold)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y, z = np.asarray(y_true).reshape(-1).astype(np.int64), np.asarray(logit, dtype=np.float64).reshape(-1)
+    if len(y) != len(z):
+        raise MeddxError(f"labels and logits differ in length: {len(y)} vs {len(z)}")
+    if min(np.sum(y == 0), np.sum(y == 1)) < MIN_PER_CLASS:
+        return None
+    if z[y == 1].min() > z[y == 0].max():
+        return None
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
+    scale, shift = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    return (scale, shift) if scale > 0 else None
