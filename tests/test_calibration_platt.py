@@ -94,3 +94,12 @@ def test_calibrate_rejects_an_unknown_mode():
 
     with pytest.raises(MeddxError, match="calibrate must be auto or none"):
         TrainConfig(calibrate="isotonic").validate()
+
+
+def test_calibrating_twice_records_the_composed_map():
+    from meddx.engine.calibration import _composed
+
+    z = np.linspace(-4, 4, 9)
+    scale, shift = _composed({"scale": 0.5, "shift": -1.0}, 2.0, 0.3)
+    assert np.allclose(scale * z + shift, 2.0 * (0.5 * z - 1.0) + 0.3)
+    assert _composed(None, 2.0, 0.3) == (2.0, 0.3)

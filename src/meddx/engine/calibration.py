@@ -43,10 +43,10 @@ def calibrate_shipped(run: Any, cfg: Any, data: Any, device: torch.device, batch
                           "validation too small or perfectly separated, or the slope is not positive")
     else:
         fold_into_head(head, *fitted)
-        info |= {"scale": fitted[0], "shift": fitted[1],
+        scale, shift = _composed(meta.get("calibration"), *fitted)
+        info |= {"scale": scale, "shift": shift,
                  "after": _summary(y_true, _val_scores(model, meta, data, device, batch_size))}
-        save_checkpoint(run.best, model, meta | {"calibration": {"method": "platt", "scale": fitted[0],
-                                                                 "shift": fitted[1]}})
+        save_checkpoint(run.best, model, meta | {"calibration": {"method": "platt", "scale": scale, "shift": shift}})
     run.write_json(run.path / "calibration.json", info)
     return info
 
@@ -58,6 +58,14 @@ def fold_into_head(head: nn.Linear, scale: float, shift: float) -> None:
         head.weight.mul_(scale)
         head.bias.mul_(scale)
         head.bias[1] += shift
+
+
+def _composed(earlier: dict[str, Any] | None, scale: float, shift: float) -> tuple[float, float]:
+    """The map from the trained logit when the checkpoint was calibrated before (a finished run resumed and shipped
+    again with its peak epoch): ``a2 (a1 z + b1) + b2``."""
+    if not earlier:
+        return scale, shift
+    return scale * earlier["scale"], scale * earlier["shift"] + shift
 
 
 def _head(model: nn.Module, name: str) -> nn.Linear | None:
