@@ -103,3 +103,20 @@ def test_calibrating_twice_records_the_composed_map():
     scale, shift = _composed({"scale": 0.5, "shift": -1.0}, 2.0, 0.3)
     assert np.allclose(scale * z + shift, 2.0 * (0.5 * z - 1.0) + 0.3)
     assert _composed(None, 2.0, 0.3) == (2.0, 0.3)
+
+
+def test_no_validation_images_is_said_not_guessed(tmp_path):
+    from types import SimpleNamespace
+
+    from meddx.engine.calibration import calibrate_shipped
+    from meddx.kinds import BINARY
+
+    best = tmp_path / "best.safetensors"
+    best.write_bytes(b"")  # never read: the empty validation split is answered first
+    run = SimpleNamespace(best=best, path=tmp_path,
+                          write_json=lambda path, obj: path.write_text(json.dumps(obj)))
+    cfg = SimpleNamespace(calibrate="auto", select="best")
+    data = SimpleNamespace(task=BINARY, val=SimpleNamespace(labels=torch.zeros(0, dtype=torch.long)))
+    info = calibrate_shipped(run, cfg, data, torch.device("cpu"))
+    assert info == {"method": "platt", "applied": False, "n_val": 0, "reason": "no validation images"}
+    assert json.loads((tmp_path / "calibration.json").read_text()) == info

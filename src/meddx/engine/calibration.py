@@ -31,9 +31,13 @@ def calibrate_shipped(run: Any, cfg: Any, data: Any, device: torch.device, batch
     from meddx.engine.checkpoint import load_model, save_checkpoint
     from meddx.metrics.calibration import binary_logit, fit_platt
 
+    y_true = data.val.labels.numpy().reshape(-1)
+    if len(y_true) == 0:
+        info = {"method": "platt", "applied": False, "n_val": 0, "reason": "no validation images"}
+        run.write_json(run.path / "calibration.json", info)
+        return info
     model, meta = load_model(run.best, device)
     head = _head(model, meta["model"])
-    y_true = data.val.labels.numpy().reshape(-1)
     before = _val_scores(model, meta, data, device, batch_size)
     fitted = fit_platt(y_true, binary_logit(before)) if head is not None else None
     info: dict[str, Any] = {"method": "platt", "applied": fitted is not None, "n_val": int(len(y_true)),
