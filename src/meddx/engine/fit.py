@@ -308,6 +308,8 @@ def ship(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: T
         bar.note(f"calibrated (Platt, validation): ACC at 0.5 {calibrated['before']['acc']:.3f} -> "
                  f"{calibrated['after']['acc']:.3f}, NLL {calibrated['before']['nll']:.3f} -> "
                  f"{calibrated['after']['nll']:.3f}")
+    elif calibrated:
+        bar.note(f"not calibrated: {calibrated['reason']} (calibration.json)")
 
 
 def _both(*callbacks: Any) -> Any:
