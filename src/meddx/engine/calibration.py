@@ -48,6 +48,7 @@ def calibrate_shipped(run: Any, cfg: Any, data: Any, device: torch.device, batch
     else:
         fold_into_head(head, *fitted)
         scale, shift = _composed(meta.get("calibration"), *fitted)
+        # "after" is scored on the folded model itself (not derived from the map): it is what ships
         info |= {"scale": scale, "shift": shift,
                  "after": _summary(y_true, _val_scores(model, meta, data, device, batch_size))}
         save_checkpoint(run.best, model, meta | {"calibration": {"method": "platt", "scale": scale, "shift": shift}})
@@ -91,10 +92,13 @@ def _val_scores(model: nn.Module, meta: dict[str, Any], data: Any, device: torch
 
 
 def _summary(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
-    """Validation ACC at 0.5, negative log-likelihood and ECE (in-sample once fitted: the map was fitted here)."""
-    from meddx.metrics.calibration import compute_ece
+    """Validation ACC at 0.5 (MedMNIST's), negative log-likelihood and ECE (in-sample once fitted: the map was
+    fitted here)."""
+    from sklearn.metrics import log_loss
 
-    p = np.clip(y_score[:, 1].astype(np.float64), 1e-7, 1 - 1e-7)
-    nll = -np.mean(y_true * np.log(p) + (1 - y_true) * np.log1p(-p))
-    return {"acc": float(np.mean((p > 0.5) == y_true)), "nll": float(nll),
+    from meddx.metrics.calibration import compute_ece
+    from meddx.metrics.scores import compute_acc
+
+    return {"acc": compute_acc(y_true, y_score, BINARY),
+            "nll": float(log_loss(y_true, y_score[:, 1].astype(np.float64), labels=[0, 1])),
             "ece": compute_ece(y_true, y_score, BINARY)}
