@@ -405,7 +405,16 @@ def test_bad_nproc_is_one_error_line(run_dir, tmp_path):
 
 def _spawned_children(pid: int) -> list[int]:
     kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(k) for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+    return [int(k) for k in kids if "spawn_main" in _cmdline(int(k))]
+
+
+def _cmdline(pid: int) -> str:
+    """A process's command line; empty when it exited between being listed and being read (polled every 10 ms,
+    a short-lived child can)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 NPROC_JOB = """
