@@ -52,8 +52,9 @@ def train(
                                       "or the tail average within 0.02 of it) | last (end of the schedule)"),
     average: str | None = typer.Option(None, help="tail (default: average the last quarter, BatchNorm "
                                        "re-estimated) | none"),
-    calibrate: str | None = typer.Option(None, help="auto (default: binary models Platt-scaled on validation, "
-                                         "the 0.5 threshold settled) | none"),
+    calibrate: str | None = typer.Option(None, help="auto (default: probabilities calibrated on validation: "
+                                         "Platt scaling, per label for multi-label; vector scaling for "
+                                         "multi-class) | none"),
     ordinal_loss: str | None = typer.Option(None, help="ordinal labels: ce (default) | emd (+ squared EMD)"),
     ema_decay: float | None = typer.Option(None, help="EMA of the weights with this decay (default 0: off)"),
     mixup: float | None = typer.Option(None, help="classification: mixup of training batches, Beta(alpha, alpha) "

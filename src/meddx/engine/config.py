@@ -49,8 +49,8 @@ class TrainConfig:
     select: str = "best"  # model used by evaluate/predict: "best" (the selection rule's pick: peak validation
     # epoch, or the tail average within 0.02 of it; meddx.engine.selection) or "last" (end of the schedule)
     average: str = "tail"  # tail: average the last quarter's epoch-end weights (BN re-estimated) | none
-    calibrate: str = "auto"  # auto: binary models Platt-scaled on validation after training (the threshold
-    # settled; meddx.engine.calibration) | none
+    calibrate: str = "auto"  # auto: classifiers' probabilities calibrated on validation after training (Platt
+    # scaling for binary and per multi-label label, vector scaling for multi-class; meddx.engine.calibration) | none
     max_minutes: float | None = None  # wall-clock budget the schedule is fitted to; None: 15 min for volumes when
     # epochs is automatic, otherwise no limit
     # run

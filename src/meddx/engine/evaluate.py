@@ -51,7 +51,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     metrics, context = task.evaluate(torch_rt.model, request)
     metrics.update({"split": split, "checkpoint": torch_rt.files[0].name, "epoch": meta["epoch"],
                     "dataset": data.name, "model": meta["model"], "runtime_files": [str(f) for f in rt.files]})
-    if meta.get("calibration"):  # binary: Platt scaling fitted on validation (meddx.engine.calibration)
+    if meta.get("calibration"):  # Platt scaling fitted on validation (meddx.engine.calibration)
         metrics["calibration"] = meta["calibration"]
     run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
     if report:
@@ -68,11 +68,20 @@ def _positive_class(meta: dict[str, Any], cfg: TrainConfig, data: DataBundle) ->
 
 
 def _calibration_row(calibration: dict[str, Any] | None) -> dict[str, str]:
-    """The report's line on a binary model's Platt scaling (none for a model without it)."""
+    """The report's line on a model's calibration (none for a model without it)."""
     if not calibration:
         return {}
+    where = "folded into the head (meddx.engine.calibration)"
+    if calibration["method"] == "vector-scaling":
+        maps = ", ".join(f"{a:.3g} z{k} {b:+.3g}" for k, (a, b) in enumerate(zip(calibration["scale"],
+                                                                                 calibration["shift"])))
+        return {"probabilities": f"Vector-scaled on the validation split: softmax({maps}); {where}"}
+    if calibration["method"] == "platt-per-label":
+        maps = [f"sigmoid({a:.3g} x logit {b:+.3g})" if fitted else "as trained" for a, b, fitted in
+                zip(calibration["scale"], calibration["shift"], calibration["fitted"])]
+        return {"probabilities": f"Platt-scaled per label on the validation split: {'; '.join(maps)}; {where}"}
     return {"probabilities": f"Platt-scaled on the validation split: sigmoid({calibration['scale']:.3g} x logit "
-                             f"{calibration['shift']:+.3g}), folded into the head (meddx.engine.calibration)"}
+                             f"{calibration['shift']:+.3g}), {where}"}
 
 
 def write_run_report(run: RunDir, cfg: TrainConfig, data: DataBundle, metrics: dict[str, Any],

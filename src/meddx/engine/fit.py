@@ -305,7 +305,7 @@ def ship(run: RunDir, cfg: TrainConfig, data: DataBundle, task: Any, training: T
              f"{chosen.shipped_score:.4f} (peak {chosen.peak_score:.4f})")
     calibrated = distributed.on_main(calibrate_shipped, run, cfg, data, training.device, cfg.eval_batch_size)
     if calibrated and calibrated["applied"]:
-        bar.note(f"calibrated (Platt, validation): ACC at 0.5 {calibrated['before']['acc']:.3f} -> "
+        bar.note(f"calibrated ({calibrated['method']}, validation): ACC {calibrated['before']['acc']:.3f} -> "
                  f"{calibrated['after']['acc']:.3f}, NLL {calibrated['before']['nll']:.3f} -> "
                  f"{calibrated['after']['nll']:.3f}")
     elif calibrated:

@@ -98,6 +98,22 @@ def binary_logit(y_score: Any) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def label_logits(y_score: Any) -> np.ndarray:
+    """Multi-label: each label's logit ``log p - log(1 - p)`` of its sigmoid probability, clipped as
+    :func:`binary_logit`."""
+    p = np.clip(np.asarray(y_score, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_platt_per_label(y_true: Any, logits: Any) -> list[tuple[float, float] | None]:
+    """Multi-label: :func:`fit_platt` for each label's column on its own (None where that label cannot be
+    fitted)."""
+    y, z = np.asarray(y_true), np.asarray(logits, dtype=np.float64)
+    if y.ndim != 2 or y.shape != z.shape:
+        raise MeddxError(f"multi-label labels and logits must both be (N, labels), got {y.shape} and {z.shape}")
+    return [fit_platt(y[:, j], z[:, j]) for j in range(y.shape[1])]
+
+
 def fit_platt(y_true: Any, logit: Any) -> tuple[float, float] | None:
     """Platt scaling: ``(scale, shift)`` of the logistic regression of binary labels on a model's logit, so that
     ``sigmoid(scale * logit + shift)`` is calibrated on these data (Platt 1999; sklearn's LogisticRegression,
@@ -116,3 +132,35 @@ def fit_platt(y_true: Any, logit: Any) -> tuple[float, float] | None:
     lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
     scale, shift = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     return (scale, shift) if scale > 0 else None
+
+
+def fit_vector_scaling(y_true: Any, logits: Any) -> tuple[list[float], list[float]] | None:
+    """Vector scaling (Guo et al. 2017): per class ``(scale_k, shift_k)`` with ``softmax(scale * z + shift)``
+    calibrated on these data, the validation NLL minimised with ``scale_k > 0`` (each class's logit keeps its
+    order). None when it cannot be fitted meaningfully: fewer than :data:`MIN_PER_CLASS` images of a class, or
+    every image already right (the scales would grow without bound).
+
+    Written here because none of the project's libraries fits it (sklearn's LogisticRegression would fit a full
+    matrix, ``C * (C + 1)`` parameters, on a few hundred validation images); it is a smooth, convex-in-the-shifts
+    problem of ``2 C`` parameters that scipy's L-BFGS solves with the exact gradient below."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    y, z = np.asarray(y_true).reshape(-1).astype(np.int64), np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or len(y) != len(z):
+        raise MeddxError(f"labels (N,) and logits (N, classes) expected, got {y.shape} and {z.shape}")
+    n, k = z.shape
+    if np.bincount(y, minlength=k).min() < MIN_PER_CLASS or np.all(z.argmax(1) == y):
+        return None
+    onehot = np.eye(k)[y]
+
+    def nll_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
+        scale, shift = np.exp(params[:k]), params[k:]
+        logp = log_softmax(z * scale + shift, axis=1)
+        d_u = (np.exp(logp) - onehot) / n  # d NLL / d (scale * z + shift)
+        return -float(np.sum(logp * onehot)) / n, np.concatenate([(d_u * z).sum(0) * scale, d_u.sum(0)])
+
+    res = minimize(nll_and_grad, np.zeros(2 * k), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    if not np.all(np.isfinite(res.x)):
+        return None
+    return np.exp(res.x[:k]).tolist(), res.x[k:].tolist()
