@@ -16,7 +16,7 @@ import torch
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from meddx.engine.calibration import fold_affine, fold_into_head
+from meddx.engine.calibration import fold_affine
 from meddx.metrics.calibration import binary_logit, fit_platt, fit_platt_per_label, label_logits
 
 
@@ -49,12 +49,12 @@ def test_binary_logit_inverts_the_softmax():
     assert np.allclose(binary_logit(np.stack([1 - p1, p1], 1)), z, atol=1e-6)
 
 
-def test_fold_into_head_gives_the_platt_probabilities():
+def test_the_binary_fold_gives_the_platt_probabilities():
     torch.manual_seed(0)
     head = torch.nn.Linear(5, 2)
     x = torch.randn(7, 5)
     z = head(x).detach()
-    fold_into_head(head, 0.4, -1.3)
+    fold_affine(head, [0.4, 0.4], [0.0, -1.3])  # (z0, z1) -> (a z0, a z1 + b)
     p = torch.softmax(head(x), 1)[:, 1].detach().numpy()
     assert np.allclose(p, expit(0.4 * (z[:, 1] - z[:, 0]).numpy() - 1.3), atol=1e-6)
 

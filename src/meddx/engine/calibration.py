@@ -1,4 +1,5 @@
-"""After training: a classifier's probabilities settled on validation (Platt scaling), folded into its head.
+"""After training: a classifier's probabilities settled on validation (Platt or vector scaling), folded into its
+head.
 
 A small set trained to a low loss is often mis-calibrated: on BreastMNIST the shipped models called the majority
 class too often at p = 0.5 (the ACC-best validation threshold on p(benign) was 0.6-0.9), and on the phantom's
@@ -30,9 +31,17 @@ import torch
 import torch.nn as nn
 
 from meddx.kinds import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
+from meddx.metrics.calibration import MIN_PER_CLASS
 
 METHODS = {BINARY: "platt", MULTI_LABEL: "platt-per-label", MULTI_CLASS: "vector-scaling",
            ORDINAL: "vector-scaling"}
+NOT_FITTED = {  # why a fit was refused, as calibration.json says it (meddx.metrics.calibration)
+    "platt": f"fewer than {MIN_PER_CLASS} validation images of a class, classes perfectly separated, or the slope "
+             "not positive",
+    "platt-per-label": f"no label could be fitted: each has fewer than {MIN_PER_CLASS} validation positives or "
+                       "negatives, is perfectly separated, or its slope is not positive",
+    "vector-scaling": f"fewer than {MIN_PER_CLASS} validation images of a class, or every validation image already "
+                      "right"}
 
 
 def calibrate_shipped(run: Any, cfg: Any, data: Any, device: torch.device, batch_size: int = 512) -> dict | None:
@@ -57,7 +66,7 @@ def calibrate_shipped(run: Any, cfg: Any, data: Any, device: torch.device, batch
                             "before": _summary(y_true, logits, meta)}
     if fitted is None:
         info["reason"] = ("the head is not one linear layer with one output per class" if head is None else
-                          "validation too small or perfectly separated, or the slope is not positive")
+                          NOT_FITTED[method])
     else:
         fold_affine(head, *_affine(data.task, fitted))
         mapping = {"method": method} | _composed(meta.get("calibration"), fitted)
@@ -102,12 +111,6 @@ def fold_affine(head: nn.Linear, scale: Any, shift: Any) -> None:
     with torch.no_grad():
         head.weight.mul_(s[:, None])
         head.bias.mul_(s).add_(t)
-
-
-def fold_into_head(head: nn.Linear, scale: float, shift: float) -> None:
-    """Binary: logits (z0, z1) -> (scale * z0, scale * z1 + shift): class 1's softmax becomes
-    ``sigmoid(scale * (z1 - z0) + shift)``."""
-    fold_affine(head, *_affine(BINARY, {"scale": scale, "shift": shift}))
 
 
 def _composed(earlier: dict[str, Any] | None, fitted: dict[str, Any]) -> dict[str, Any]:
