@@ -51,7 +51,7 @@ def evaluate_run(run_path: str | Path, split: str = "test", n_bootstrap: int = 1
     metrics, context = task.evaluate(torch_rt.model, request)
     metrics.update({"split": split, "checkpoint": torch_rt.files[0].name, "epoch": meta["epoch"],
                     "dataset": data.name, "model": meta["model"], "runtime_files": [str(f) for f in rt.files]})
-    if meta.get("calibration"):  # Platt scaling fitted on validation (meddx.engine.calibration)
+    if meta.get("calibration"):  # the map fitted on validation (meddx.engine.calibration)
         metrics["calibration"] = meta["calibration"]
     run.write_json(run.metrics if split == "test" else run.path / f"metrics_{split}.json", metrics)
     if report:

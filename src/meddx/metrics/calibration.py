@@ -92,19 +92,6 @@ def reliability_bins(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> 
 MIN_PER_CLASS = 5  # fewer validation images of either class: Platt scaling is not fitted
 
 
-def binary_logit(y_score: Any) -> np.ndarray:
-    """The logit ``log p1 - log p0`` of binary probabilities (N, 2), probabilities clipped to [1e-7, 1 - 1e-7]."""
-    p = np.clip(np.asarray(y_score, dtype=np.float64)[:, -1], 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
-def label_logits(y_score: Any) -> np.ndarray:
-    """Multi-label: each label's logit ``log p - log(1 - p)`` of its sigmoid probability, clipped as
-    :func:`binary_logit`."""
-    p = np.clip(np.asarray(y_score, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 def fit_platt_per_label(y_true: Any, logits: Any) -> list[tuple[float, float] | None]:
     """Multi-label: :func:`fit_platt` for each label's column on its own (None where that label cannot be
     fitted)."""
